@@ -14,7 +14,8 @@ export TOKENIZERS_PARALLELISM := false
 install: $(STAMP)
 
 # On machines without an NVIDIA GPU, install the CPU torch wheel first so that no multi-GB CUDA build is pulled.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml data_prep/install_system_deps.sh
+	bash data_prep/install_system_deps.sh
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
@@ -35,6 +36,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m mgen.cli bench lm-train --vs transformers
 	$(PY) -m mgen.cli bench generate --vs transformers
+	$(PY) -m mgen.cli bench codec --vs transformers
+	$(PY) -m mgen.cli bench shards
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

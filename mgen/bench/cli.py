@@ -21,9 +21,24 @@ def _generate(args: argparse.Namespace) -> dict:
                               repeats=args.repeats, device=args.device)
 
 
+def _codec(args: argparse.Namespace) -> dict:
+    from mgen.bench.codec import run_codec_bench  # noqa: PLC0415
+
+    return run_codec_bench("tiny" if args.smoke else "paper-32khz", repeats=args.repeats,
+                           vs_transformers=args.vs == "transformers", smoke=args.smoke, device=args.device)
+
+
+def _shards(args: argparse.Namespace) -> dict:
+    from data_prep.bench import run_shard_bench  # noqa: PLC0415
+
+    return run_shard_bench(minutes=0.5 if args.smoke else 5)
+
+
 BENCHES: dict[str, tuple[str, Callable[[argparse.Namespace], dict]]] = {
     "lm-train": ("LM training step (forward, loss, backward, AdamW) in tokens/s", _lm_train),
     "generate": ("guided LM generation (CFG 3, top-k 250) in frames/s", _generate),
+    "codec": ("codec encode/decode real-time factor (paper-32khz)", _codec),
+    "shards": ("shard-writing throughput in audio-minutes per second", _shards),
 }
 
 

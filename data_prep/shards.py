@@ -1,0 +1,460 @@
+"""Write audio + caption inputs into WebDataset tar shards with an index that training reads (``shards.json``).
+
+The run is planned up front and deterministically: inputs are sorted, their headers probed, split into
+train/valid by a hash of the source path (all segments of one file land in the same split), cut into segments,
+and packed into numbered shards (``train-000000.tar``, ``valid-000000.tar``). Each shard is then written
+independently, to a temporary name renamed into place when complete, followed by a done marker
+(``done/<shard>.json``) that records its sha256 and the hash of its part of the plan. Re-running skips shards whose
+marker matches, so a killed run resumes where it stopped and a finished run is a no-op. A Slurm job array splits
+the shard plan round-robin across tasks; each task writes ``shards.task-XXXX.json`` and ``merge_indexes`` joins
+them into ``shards.json`` (the same file a single run writes).
+
+Inputs that cannot be used are never fatal: they are listed with file and reason in ``report.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import re
+import tarfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from data_prep.atomic import remove_stale_tmp, write_atomic, write_bytes_atomic, write_json_atomic
+from data_prep.audio_io import (AudioError, check_channels, check_sample_rate, encode_flac, normalize_loudness,
+                                probe, read_segment, resample, to_channels)
+from data_prep.sources import InputItem, Problem, discover
+
+INDEX_VERSION = 1
+INDEX_NAME = "shards.json"
+REPORT_NAME = "report.jsonl"
+DONE_DIR = "done"
+SPLITS = ("train", "valid")
+PEAK_DB = -1.0
+PROBE_POOL_MIN = 256
+
+
+class MissingCaptionError(ValueError):
+    """Raised when ``require_caption`` is set and some inputs have no caption."""
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """One planned sample: a segment ``[start, start + duration)`` seconds of a source file."""
+
+    key: str
+    path: str
+    source: str
+    start: float
+    duration: float
+    caption: str
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    name: str
+    split: str
+    samples: tuple[SampleSpec, ...]
+
+    def digest(self, config: dict[str, Any]) -> str:
+        """Hash of everything that determines this shard's bytes: a changed option or input rewrites it."""
+        blob = json.dumps({"config": config, "name": self.name, "samples": [asdict(s) for s in self.samples]},
+                          sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------- planning
+
+def split_of(source: str, valid_fraction: float) -> str:
+    """'valid' for a stable pseudo-random ``valid_fraction`` of source files, decided by a hash of the path."""
+    h = int.from_bytes(hashlib.sha256(source.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    return "valid" if h < valid_fraction else "train"
+
+
+def sample_key(source: str, segment: int) -> str:
+    """A WebDataset key: readable, unique (hash of the source), and free of dots (they separate extensions)."""
+    stem = source.rsplit(".", 1)[0] if "." in source.rsplit("/", 1)[-1] else source
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")[-80:] or "audio"
+    digest = hashlib.sha1(source.encode("utf-8")).hexdigest()[:8]
+    return f"{slug}-{digest}-{segment:04d}"
+
+
+def segment_bounds(duration: float, segment_seconds: float | None, min_segment_seconds: float) -> list[tuple[float, float]]:
+    """(start, length) pieces of a file; a tail shorter than ``min_segment_seconds`` is dropped."""
+    if not segment_seconds:
+        return [(0.0, duration)] if duration >= min_segment_seconds else []
+    pieces = []
+    start = 0.0
+    while start < duration - 1e-9:
+        length = min(segment_seconds, duration - start)
+        if length >= min_segment_seconds - 1e-9:
+            pieces.append((round(start, 6), round(length, 6)))
+        start += segment_seconds
+    return pieces
+
+
+def _probe_item(item: InputItem) -> tuple[InputItem, float | None, int | None, str | None]:
+    try:
+        info = probe(item.path)
+    except AudioError as err:
+        return item, None, None, str(err)
+    return item, info.frames / info.samplerate, int(info.samplerate), None
+
+
+def plan_shards(items: list[InputItem], durations: dict[str, float], config: dict[str, Any]) -> list[ShardPlan]:
+    """Pack segments into shards per split, in sorted order, honouring the per-shard sample and size limits."""
+    est_bytes_per_second = config["sample_rate"] * config["channels"] * 2  # 16-bit PCM: an upper bound for FLAC
+    max_bytes = config["shard_max_mb"] * 1e6
+    shards: list[ShardPlan] = []
+    for split in SPLITS:
+        current: list[SampleSpec] = []
+        size = 0.0
+        count = 0
+
+        def close() -> None:
+            nonlocal current, size, count
+            if current:
+                shards.append(ShardPlan(f"{split}-{count:06d}.tar", split, tuple(current)))
+                count += 1
+            current, size = [], 0.0
+
+        for item in items:
+            if split_of(item.source, config["valid_fraction"]) != split or item.source not in durations:
+                continue
+            bounds = segment_bounds(durations[item.source], config["segment_seconds"], config["min_segment_seconds"])
+            for index, (start, length) in enumerate(bounds):
+                est = length * est_bytes_per_second + 2048
+                if current and (len(current) >= config["shard_max_samples"] or size + est > max_bytes):
+                    close()
+                current.append(SampleSpec(sample_key(item.source, index), item.path, item.source, start, length,
+                                          item.caption or "", item.meta))
+                size += est
+        close()
+    return shards
+
+
+# ----------------------------------------------------------------------------------------------------------- writing
+
+def _load_sample(spec: SampleSpec, config: dict[str, Any]) -> tuple[bytes, float]:
+    """Decode, convert and encode one segment; returns FLAC bytes and the duration actually written."""
+    info = probe(spec.path)
+    rate_in = int(info.samplerate)
+    first = int(round(spec.start * rate_in))
+    count = min(int(round(spec.duration * rate_in)), info.frames - first)
+    audio, rate_in = read_segment(spec.path, first, count)
+    audio = resample(to_channels(audio, config["channels"]), rate_in, config["sample_rate"])
+    if config["loudness_db"] is not None:
+        audio = normalize_loudness(audio, config["loudness_db"], PEAK_DB)
+    return encode_flac(audio, config["sample_rate"]), audio.shape[0] / config["sample_rate"]
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """A tar member with fixed owner, mode and mtime, so the same content always gives the same shard bytes."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _write_shard(task: tuple[ShardPlan, str, dict[str, Any], str]) -> dict[str, Any]:
+    """Write one shard (temp name -> rename), then its done marker; returns the shard's index entry."""
+    shard, out_dir, config, digest = task
+    out = Path(out_dir)
+    final = out / shard.name
+    marker = out / DONE_DIR / f"{shard.name}.json"
+    remove_stale_tmp(final)
+    remove_stale_tmp(marker)
+    skipped: list[dict[str, Any]] = []
+    members: list[tuple[str, bytes]] = []
+    seconds = 0.0
+    for spec in shard.samples:
+        try:
+            flac, written = _load_sample(spec, config)
+        except AudioError as err:
+            skipped.append(Problem(spec.path, str(err), "decode", spec.start).as_dict())
+            continue
+        except Exception as err:  # anything else about one file must not stop the run either
+            skipped.append(Problem(spec.path, f"{type(err).__name__}: {str(err)[:200]}", "decode", spec.start).as_dict())
+            continue
+        meta = {
+            "caption": spec.caption, "description": spec.caption, "source": spec.source, "path": spec.path,
+            "start": spec.start, "duration": round(written, 6), "sample_rate": config["sample_rate"],
+            "channels": config["channels"], "split": shard.split, "meta": spec.meta,
+        }
+        members.append((f"{spec.key}.flac", flac))
+        members.append((f"{spec.key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str).encode()))
+        seconds += written
+
+    entry: dict[str, Any] = {"name": shard.name, "split": shard.split, "samples": len(members) // 2,
+                             "seconds": round(seconds, 6), "plan_hash": digest, "skipped": skipped}
+    if members:
+        def writer(f) -> None:
+            with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
+                for name, data in members:
+                    _add(tar, name, data)
+
+        write_atomic(final, writer)
+        entry["bytes"] = final.stat().st_size
+        entry["sha256"] = sha256_file(final)
+    else:
+        final.unlink(missing_ok=True)
+        entry["bytes"], entry["sha256"] = 0, None
+    write_json_atomic(marker, entry)
+    return entry
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _finished(out: Path, shard: ShardPlan, digest: str, verify: bool) -> dict[str, Any] | None:
+    """The done marker's entry if this shard is complete and matches the plan, else None."""
+    marker = out / DONE_DIR / f"{shard.name}.json"
+    if not marker.is_file():
+        return None
+    try:
+        entry = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if entry.get("plan_hash") != digest:
+        return None
+    if entry["samples"] == 0:
+        return entry
+    final = out / shard.name
+    if not final.is_file() or final.stat().st_size != entry.get("bytes"):
+        return None
+    if verify and sha256_file(final) != entry.get("sha256"):
+        return None
+    return entry
+
+
+# ------------------------------------------------------------------------------------------------------- entry point
+
+def task_from_env(task_index: int | None, num_tasks: int | None) -> tuple[int, int]:
+    """Task slice from arguments, else from Slurm's job-array variables, else the whole plan (0 of 1)."""
+    if num_tasks is None and os.environ.get("SLURM_ARRAY_TASK_COUNT"):
+        num_tasks = int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+    if task_index is None and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        task_index = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+    num_tasks = 1 if num_tasks is None else int(num_tasks)
+    task_index = 0 if task_index is None else int(task_index)
+    if num_tasks < 1 or not 0 <= task_index < num_tasks:
+        raise ValueError(f"task index {task_index} is outside 0..{num_tasks - 1} (num_tasks={num_tasks})")
+    return task_index, num_tasks
+
+
+def _config(sample_rate: int, channels: int, segment_seconds: float | None, min_segment_seconds: float | None,
+            shard_max_mb: float, shard_max_samples: int, valid_fraction: float, loudness_db: float | None) -> dict:
+    sample_rate = check_sample_rate(sample_rate)
+    channels = check_channels(channels)
+    if segment_seconds is not None and not segment_seconds > 0:
+        raise ValueError(f"segment_seconds must be > 0 (or None for whole files), got {segment_seconds}")
+    if min_segment_seconds is None:
+        min_segment_seconds = segment_seconds / 2 if segment_seconds else 0.0
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
+    if not shard_max_mb > 0 or int(shard_max_samples) < 1:
+        raise ValueError(f"shard limits must be positive (shard_max_mb={shard_max_mb}, "
+                         f"shard_max_samples={shard_max_samples})")
+    return {"version": INDEX_VERSION, "format": "flac-pcm16", "sample_rate": sample_rate, "channels": channels,
+            "segment_seconds": None if segment_seconds is None else float(segment_seconds),
+            "min_segment_seconds": float(min_segment_seconds), "loudness_db": loudness_db,
+            "loudness": "rms-dbfs" if loudness_db is not None else None, "peak_db": PEAK_DB,
+            "valid_fraction": float(valid_fraction), "shard_max_mb": float(shard_max_mb),
+            "shard_max_samples": int(shard_max_samples)}
+
+
+def write_shards(inputs: str | Path | list[str | Path], out_dir: str | Path, sample_rate: int = 32000,
+                 channels: int = 1, segment_seconds: float | None = None, shard_max_mb: float = 500.0,
+                 shard_max_samples: int = 10_000, valid_fraction: float = 0.05, loudness_db: float | None = -20.0,
+                 workers: int | None = None, require_caption: bool = False, task_index: int | None = None,
+                 num_tasks: int | None = None, min_segment_seconds: float | None = None, verify: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
+    """Shard ``inputs`` into ``out_dir``; returns a summary (the index itself is in ``out_dir/shards.json``).
+
+    ``loudness_db`` is an RMS dBFS target per sample (None keeps levels); ``shard_max_mb`` is planned against the
+    16-bit PCM size, an upper bound for the FLAC actually written. With a job array (``task_index``/``num_tasks``,
+    defaulting from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT) this writes only the task's shards and a partial
+    index; call ``merge_indexes`` once all tasks are done. A single run (one task) merges by itself.
+    """
+    start_time = time.perf_counter()
+    config = _config(sample_rate, channels, segment_seconds, min_segment_seconds, shard_max_mb, shard_max_samples,
+                     valid_fraction, loudness_db)
+    task_index, num_tasks = task_from_env(task_index, num_tasks)
+    items, problems = discover(inputs)
+    out = Path(out_dir)
+    workers = max(1, int(workers or os.cpu_count() or 1))
+    # A spawn pool costs about a second to start: only worth it for many headers or several shards.
+    pool = mp.get_context("spawn").Pool(workers) if workers > 1 and len(items) >= PROBE_POOL_MIN else None
+    try:
+        durations = _probe_all(items, pool, config, problems)
+        missing = _check_captions([item for item in items if item.source in durations], require_caption)
+        (out / DONE_DIR).mkdir(parents=True, exist_ok=True)
+        plan = plan_shards(items, durations, config)
+        digests = [shard.digest(config) for shard in plan]
+        plan_id = hashlib.sha256("".join(digests).encode()).hexdigest()
+        mine = [i for i in range(len(plan)) if i % num_tasks == task_index]
+
+        entries: dict[str, dict[str, Any]] = {}
+        todo = []
+        for i in mine:
+            done = _finished(out, plan[i], digests[i], verify)
+            if done is not None:
+                entries[plan[i].name] = done
+            else:
+                todo.append((plan[i], str(out), config, digests[i]))
+        resumed = len(entries)
+        if pool is None and workers > 1 and len(todo) > 1:
+            pool = mp.get_context("spawn").Pool(min(workers, len(todo)))
+        _run_writes(todo, pool, entries, progress)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
+
+    partial = {"version": INDEX_VERSION, "plan_id": plan_id, "task_index": task_index, "num_tasks": num_tasks,
+               "num_shards_planned": len(plan), "config": config, "inputs": len(items),
+               "missing_captions": len(missing),
+               "problems": [p.as_dict() for p in sorted(problems, key=lambda p: (p.path, p.stage))],
+               "shards": [entries[plan[i].name] for i in mine]}
+    partial_path = out / f"shards.task-{task_index:04d}.json"
+    write_json_atomic(partial_path, partial)
+    summary = {
+        "out_dir": str(out), "task_index": task_index, "num_tasks": num_tasks, "inputs": len(items),
+        "shards_planned": len(plan), "shards_this_task": len(mine), "shards_written": len(todo),
+        "shards_resumed": resumed, "samples": sum(e["samples"] for e in partial["shards"]),
+        "seconds": sum(e["seconds"] for e in partial["shards"]),
+        "skipped_samples": sum(len(e["skipped"]) for e in partial["shards"]),
+        "problems": len(problems), "missing_captions": len(missing), "partial_index": str(partial_path),
+    }
+    if num_tasks == 1:
+        merge_indexes(out, partials=[partial_path])
+        summary["index"] = str(out / INDEX_NAME)
+        summary["report"] = str(out / REPORT_NAME)
+    summary["wall_seconds"] = time.perf_counter() - start_time
+    return summary
+
+
+def _probe_all(items: list[InputItem], pool, config: dict[str, Any], problems: list[Problem]) -> dict[str, float]:
+    """Duration of every readable input by source name; unreadable or too-short inputs go to ``problems``."""
+    probed = pool.imap(_probe_item, items, chunksize=16) if pool else map(_probe_item, items)
+    durations: dict[str, float] = {}
+    for item, duration, _, error in probed:
+        if error:
+            problems.append(Problem(item.path, error, "probe"))
+        elif not segment_bounds(duration, config["segment_seconds"], config["min_segment_seconds"]):
+            problems.append(Problem(item.path, f"shorter than min_segment_seconds ({duration:.2f} s)", "probe"))
+        else:
+            durations[item.source] = duration
+    return durations
+
+
+def _check_captions(usable: list[InputItem], require_caption: bool) -> list[InputItem]:
+    """Inputs without caption: an error with ``require_caption``, else a warning. Only readable inputs count, so a
+    corrupt file is reported as corrupt, not blamed for its caption."""
+    missing = [item for item in usable if not item.caption]
+    if missing and require_caption:
+        examples = ", ".join(item.path for item in missing[:5])
+        raise MissingCaptionError(
+            f"{len(missing)} of {len(usable)} inputs have no caption (e.g. {examples}); add a .json sidecar with "
+            "'description', a .txt sidecar or a caption column, or drop --require-caption")
+    if missing:
+        warnings.warn(f"{len(missing)} of {len(usable)} inputs have no caption; they are sharded with an empty one",
+                      stacklevel=3)
+    return missing
+
+
+def _run_writes(todo: list, pool, entries: dict[str, dict[str, Any]], progress: bool) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="shard", desc="shards", disable=not progress or not todo)
+    minutes = 0.0
+    try:
+        results = pool.imap_unordered(_write_shard, todo) if pool else map(_write_shard, todo)
+        for entry in results:
+            entries[entry["name"]] = entry
+            minutes += entry["seconds"] / 60.0
+            bar.set_postfix(audio_min=f"{minutes:.1f}")
+            bar.update()
+    finally:
+        bar.close()
+
+
+# -------------------------------------------------------------------------------------------------------- the index
+
+def merge_indexes(out_dir: str | Path, partials: list[Path] | None = None) -> dict[str, Any]:
+    """Join the per-task partial indexes into ``shards.json`` and ``report.jsonl``; returns the index.
+
+    Raises ValueError if tasks are missing or the partials come from different plans (stale files from an
+    earlier run with other options or inputs).
+    """
+    out = Path(out_dir)
+    paths = sorted(partials) if partials is not None else sorted(out.glob("shards.task-*.json"))
+    if not paths:
+        raise FileNotFoundError(f"no partial indexes (shards.task-XXXX.json) in {out}")
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    plan_ids = {p["plan_id"] for p in parts}
+    counts = {p["num_tasks"] for p in parts}
+    if len(plan_ids) != 1 or len(counts) != 1:
+        raise ValueError(f"partial indexes in {out} come from different runs (plans {sorted(plan_ids)}, task counts "
+                         f"{sorted(counts)}); delete the stale shards.task-*.json files and re-run those tasks")
+    num_tasks = counts.pop()
+    have = {p["task_index"] for p in parts}
+    if have != set(range(num_tasks)):
+        missing = sorted(set(range(num_tasks)) - have)
+        raise ValueError(f"cannot merge {out}: tasks {missing} of {num_tasks} have not written their partial index")
+
+    first = parts[0]
+    shards = sorted((e for p in parts for e in p["shards"]), key=lambda e: (SPLITS.index(e["split"]), e["name"]))
+    if len(shards) != first["num_shards_planned"]:
+        raise ValueError(f"cannot merge {out}: {len(shards)} of {first['num_shards_planned']} planned shards recorded")
+    listed = [{k: e[k] for k in ("name", "split", "samples", "seconds", "bytes", "sha256")} for e in shards
+              if e["samples"] > 0]
+    splits = {}
+    for split in SPLITS:
+        chosen = [e for e in listed if e["split"] == split]
+        splits[split] = {"shards": len(chosen), "samples": sum(e["samples"] for e in chosen),
+                         "seconds": round(sum(e["seconds"] for e in chosen), 6)}
+    report = first["problems"] + [s for e in shards for s in e["skipped"]]
+    index = {
+        "version": INDEX_VERSION, "plan_id": first["plan_id"], "config": first["config"], "shards": listed,
+        "splits": splits,
+        "totals": {"shards": len(listed), "samples": sum(e["samples"] for e in listed),
+                   "seconds": round(sum(e["seconds"] for e in listed), 6), "bytes": sum(e["bytes"] for e in listed),
+                   "inputs": first["inputs"], "missing_captions": first["missing_captions"],
+                   "skipped_inputs": len(first["problems"]),
+                   "skipped_samples": sum(len(e["skipped"]) for e in shards)},
+    }
+    lines = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in report)
+    write_bytes_atomic(out / REPORT_NAME, lines.encode("utf-8"))
+    write_json_atomic(out / INDEX_NAME, index)
+    return index
+
+
+def load_index(out_dir: str | Path) -> dict[str, Any]:
+    """Read ``shards.json`` (what training uses to find shards and their sizes)."""
+    path = Path(out_dir) / INDEX_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `mgen prep shards` (and `--merge` after a job array)")
+    return json.loads(path.read_text())
+
+
+def shard_urls(out_dir: str | Path, split: str) -> list[str]:
+    """Paths of the shards of one split, in index order."""
+    index = load_index(out_dir)
+    return [str(Path(out_dir) / e["name"]) for e in index["shards"] if e["split"] == split]
