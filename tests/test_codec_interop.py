@@ -9,13 +9,8 @@ transformers = pytest.importorskip("transformers")
 from transformers import EncodecConfig, EncodecModel  # noqa: E402
 
 from mgen.codec import Codec, CodecConfig  # noqa: E402
-from mgen.interop.encodec import (  # noqa: E402
-    codec_from_transformers,
-    codec_to_transformers,
-    config_from_transformers,
-    hf_key_to_mgen,
-    mgen_key_to_hf,
-)
+from mgen.interop.encodec import config_from_transformers, hf_key_to_mgen, mgen_key_to_hf  # noqa: E402
+from mgen.interop.hf import codec_from_transformers, codec_to_transformers  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
