@@ -120,18 +120,10 @@ def run_synth_corpus(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m data_prep.cli prep ...``) for use before mgen/cli.py wires it in."""
-    parser = argparse.ArgumentParser(prog="mgen")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"mgen {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    """``python -m data_prep.cli prep ...`` is the same as ``mgen prep ...``."""
+    from mgen.cli import main as mgen_main  # noqa: PLC0415 - mgen.cli imports this module
+
+    return mgen_main(argv)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,7 @@ from mgen.interop.encodec import config_from_transformers, hf_key_to_mgen, mgen_
 from mgen.interop.hf import codec_from_transformers, codec_to_transformers  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def musicgen_32khz_config(**overrides) -> EncodecConfig:

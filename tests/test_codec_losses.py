@@ -24,13 +24,7 @@ from mgen.codec.losses import (
 SR = 32000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Small ops on a shared 2-core machine: one thread avoids OpenMP contention with other jobs.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_mel_filterbank_shape_and_peaks():

@@ -12,13 +12,7 @@ from mgen.codec import Codec, CodecConfig, deinterleave_channels, interleave_cha
 from mgen.codec.seanet import SEANetConfig, SEANetEncoder, pad1d
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny ops on a shared 2-core machine: one thread avoids OpenMP contention (and oneDNN warm-up per shape).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from mgen.codec.quantizer import EuclideanCodebook, ResidualVectorQuantizer, RVQ
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Small ops on a shared 2-core machine: one thread avoids OpenMP contention with other jobs.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _latent(seed: int = 0, b: int = 4, d: int = 8, t: int = 64) -> torch.Tensor:
