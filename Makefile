@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) -m mgen.cli bench generate --vs transformers
 	$(PY) -m mgen.cli bench codec --vs transformers
 	$(PY) -m mgen.cli bench shards
+	$(PY) -m mgen.cli bench read
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

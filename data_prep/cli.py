@@ -15,6 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prep.set_defaults(func=lambda args: (prep.print_help(), 2)[1])
     _add_shards(sub)
     _add_synth_corpus(sub)
+    from data_prep.tokenize import register_tokenize  # noqa: PLC0415 - torch loads only when it runs
+
+    register_tokenize(sub)
 
 
 def _add_shards(sub: argparse._SubParsersAction) -> None:

@@ -34,11 +34,18 @@ def _shards(args: argparse.Namespace) -> dict:
     return run_shard_bench(minutes=0.5 if args.smoke else 5)
 
 
+def _read(args: argparse.Namespace) -> dict:
+    from mgen.data.bench import run_read_bench  # noqa: PLC0415
+
+    return run_read_bench(smoke=args.smoke)
+
+
 BENCHES: dict[str, tuple[str, Callable[[argparse.Namespace], dict]]] = {
     "lm-train": ("LM training step (forward, loss, backward, AdamW) in tokens/s", _lm_train),
     "generate": ("guided LM generation (CFG 3, top-k 250) in frames/s", _generate),
     "codec": ("codec encode/decode real-time factor (paper-32khz)", _codec),
     "shards": ("shard-writing throughput in audio-minutes per second", _shards),
+    "read": ("training-input read throughput (AudioDataModule, 0/1/2 workers) in samples/s", _read),
 }
 
 
