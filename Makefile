@@ -9,7 +9,9 @@ export TRANSFORMERS_OFFLINE := 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo bench clean
+CLAP_VENV := .venv-clap
+
+.PHONY: install test test-clap clap-venv demo bench clean
 
 install: $(STAMP)
 
@@ -30,6 +32,15 @@ $(STAMP): pyproject.toml data_prep/install_system_deps.sh
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# LAION-CLAP needs torch 2.14.1 + torchvision 0.29.1 and numpy<2: a separate env runs its tests for real.
+clap-venv: $(CLAP_VENV)/.mgen-clap-installed
+
+$(CLAP_VENV)/.mgen-clap-installed: scripts/make_clap_venv.sh
+	bash scripts/make_clap_venv.sh --force
+
+test-clap: $(CLAP_VENV)/.mgen-clap-installed
+	MGEN_REQUIRE_CLAP=1 $(CLAP_VENV)/bin/python -m pytest -q tests/test_conditioning_clap.py tests/test_conditioning_melody.py
+
 demo: $(STAMP)
 	$(PY) -m mgen.cli demo --out outputs/demo
 
@@ -41,4 +52,4 @@ bench: $(STAMP)
 	$(PY) -m mgen.cli bench read
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) $(CLAP_VENV) outputs .pytest_cache

@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES: list[str] = [
     "mgen.commands.info",
     "mgen.commands.demo",
+    "mgen.commands.fit",
     "mgen.bench.cli",
     "data_prep.cli",
 ]

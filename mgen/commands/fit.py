@@ -1,0 +1,33 @@
+"""`mgen fit RECIPE`: train what a recipe describes (codec today; the LM with its issue)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def run(args: argparse.Namespace) -> int:
+    from mgen.train.fit import fit  # noqa: PLC0415 - Lightning is heavy
+
+    devices: int | str = int(args.devices) if args.devices.isdigit() else args.devices
+    summary = fit(args.recipe, args.out, data=args.data, overrides=args.set, devices=devices,
+                  num_nodes=args.num_nodes, accelerator=args.accelerator, wandb=args.wandb,
+                  resume=not args.no_resume)
+    print(json.dumps(summary))
+    print(f"[mgen fit] run directory: {summary['run_dir']}; exported model: {summary['export']}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("fit", help="train from a recipe (resumes from RUN/checkpoints/last.ckpt)")
+    p.add_argument("recipe", help="recipe YAML, e.g. recipes/codec/tiny.yaml")
+    p.add_argument("--data", help="shards directory (overrides data.shards)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set trainer.max_updates=50 (repeatable)")
+    p.add_argument("--devices", default="auto")
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--wandb", action="store_true", help="also log to W&B (WANDB_MODE=offline works without network)")
+    p.add_argument("--no-resume", action="store_true", help="start fresh even if RUN/checkpoints/last.ckpt exists")
+    p.set_defaults(func=run)

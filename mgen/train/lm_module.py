@@ -1,0 +1,185 @@
+"""LMModule: pattern-based cross-entropy training of the music LM with Lightning.
+
+A batch is either codec tokens (token shards) or audio (audio shards, encoded here by a frozen codec).
+Conditions come from a `ConditionProvider` (text by cross-attention, melody as a prefix) with the
+published training-time dropout. The loss is the cross-entropy per codebook over the positions the
+pattern makes valid and the padding mask marks as real, averaged over codebooks.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+
+from mgen.conditioning import MELODY, ConditionProvider, MelodyConditioner, TextConditioner
+from mgen.lm.model import LM, Conditioning, LMConfig, count_parameters, cross_entropy_per_codebook
+
+
+@dataclass
+class LMTrainConfig:
+    """Optimisation; defaults are the published MusicGen ones (AdamW, cosine with linear warm-up)."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    eps: float = 1e-8
+    warmup_steps: int = 4000
+    total_steps: int = 1_000_000
+    lr_min_ratio: float = 0.0
+    max_grad_norm: float = 1.0  # applied by the Trainer (gradient_clip_val)
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    peak_flops: float | None = None  # per device, for model FLOPs utilisation; None: not logged
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.optimizer != "adamw" or self.schedule != "cosine":
+            raise ValueError(f"mgen trains the LM with adamw + cosine, got {self.optimizer} + {self.schedule}")
+
+
+@dataclass
+class ConditioningConfig:
+    """Which conditioners the LM uses; `text_encoder` is a local path, an HF cache name, or None for the
+    packaged offline MiniLM."""
+
+    text: bool = True
+    text_encoder: str | None = None
+    word_dropout: float = 0.3
+    melody: bool = False
+    melody_frame_rate: float | None = None
+    cfg_dropout: float | None = None  # None: 0.3 text-only, 0.2 with melody (published)
+    attribute_dropout: dict[str, float] | None = None
+    per_sample_dropout: bool = False
+    fuse: dict[str, str] | None = field(default=None)
+
+
+def build_condition_provider(cfg: ConditioningConfig, dim: int) -> ConditionProvider:
+    text = TextConditioner(dim, cfg.text_encoder, word_dropout=cfg.word_dropout) if cfg.text else None
+    melody = MelodyConditioner(dim, frame_rate=cfg.melody_frame_rate) if cfg.melody else None
+    return ConditionProvider(text=text, melody=melody, fuse=cfg.fuse, cfg_dropout=cfg.cfg_dropout,
+                             attribute_dropout=cfg.attribute_dropout, per_sample=cfg.per_sample_dropout)
+
+
+def lm_flops_per_token(cfg: LMConfig, seq_len: int) -> float:
+    """Training FLOPs per sequence position: 6 x parameters + causal attention (12 L D S / 2)."""
+    return 6 * count_parameters(cfg) + 6 * cfg.num_layers * cfg.dim * seq_len
+
+
+class LMModule(L.LightningModule):
+    def __init__(self, lm: dict[str, Any], conditioning: dict[str, Any] | None = None,
+                 train: dict[str, Any] | None = None, codec_path: str | None = None):
+        super().__init__()
+        self.lm_cfg = LMConfig.from_dict(lm)
+        self.cond_cfg = ConditioningConfig(**(conditioning or {}))
+        self.train_cfg = LMTrainConfig(**(train or {}))
+        self.save_hyperparameters({"lm": self.lm_cfg.to_dict(), "conditioning": asdict(self.cond_cfg),
+                                   "train": asdict(self.train_cfg), "codec_path": codec_path})
+        self.lm = LM(self.lm_cfg)
+        self.conditioner = build_condition_provider(self.cond_cfg, self.lm_cfg.dim)
+        self.codec_path = codec_path
+        self._codec = None  # frozen, outside the state dict: loaded on demand for audio batches
+        self._last_time: float | None = None
+
+    # ---------------------------------------------------------------------------------------- inputs
+    def codec(self):
+        if self._codec is None:
+            if not self.codec_path:
+                raise ValueError("this batch holds audio: the LM needs codec_path to encode it (or use token "
+                                 "shards from `mgen prep tokenize`)")
+            from mgen.codec.checkpoint import load_codec  # noqa: PLC0415
+
+            self._codec = load_codec(self.codec_path, device=self.device).requires_grad_(False)
+        return self._codec
+
+    def tokens_of(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes [B, K, T], frame padding mask [B, T]) from a token or an audio batch."""
+        if "codes" in batch:
+            return batch["codes"].long(), batch["padding_mask"].bool()
+        codec = self.codec()
+        codes = codec.encode(batch["audio"].to(self.device), sample_rate=codec.sample_rate)
+        hop = codec.hop_length
+        mask = batch["padding_mask"].bool()
+        frames = mask[:, ::hop][:, : codes.shape[-1]]
+        return codes, frames
+
+    def conditioning_of(self, batch: dict[str, Any], batch_size: int) -> Conditioning:
+        texts = batch.get("text") if self.cond_cfg.text else None
+        if not self.cond_cfg.melody:
+            return self.conditioner(texts=texts)
+        if "audio" in batch:
+            sr = self.codec().sample_rate
+            return self.conditioner(texts=texts, melody_wavs=batch["audio"], sample_rate=sr)
+        if "chroma" not in batch:
+            raise ValueError("a melody LM trained on token shards needs chroma: tokenize with --chroma and set "
+                             "data.chroma: true")
+        conds = self.conditioner.conditions(texts=texts if texts is not None else [None] * batch_size)
+        melody: MelodyConditioner = self.conditioner.conditioners[MELODY]
+        conds[MELODY] = melody.embed_chroma(batch["chroma"].transpose(1, 2), chroma_rate=self.frame_rate())
+        conds = self.conditioner.cfg_dropout(self.conditioner.attribute_dropout(conds))
+        return self.conditioner.fuser(conds)
+
+    def frame_rate(self) -> float:
+        dm = getattr(self.trainer, "datamodule", None)
+        return float(getattr(dm, "frame_rate", 50.0))
+
+    # -------------------------------------------------------------------------------------- training
+    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        codes, padding = self.tokens_of(batch)
+        if codes.shape[1] != self.lm_cfg.n_q:
+            raise ValueError(f"the data has {codes.shape[1]} codebooks, the LM models {self.lm_cfg.n_q}")
+        cond = self.conditioning_of(batch, codes.shape[0])
+        logits, mask = self.lm.compute_predictions(codes, cond)
+        loss, per_codebook = cross_entropy_per_codebook(logits, codes, mask, padding)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite LM loss {loss.item()} at step {self.global_step}")
+        return loss, per_codebook, int(padding.sum()) * codes.shape[1]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, per_codebook, tokens = self._loss(batch)
+        logs = {"train/ce": loss.detach(), "train/ppl": loss.detach().exp()}
+        for q, ce in enumerate(per_codebook.detach()):
+            logs[f"train/ce_q{q}"] = ce
+            logs[f"train/ppl_q{q}"] = ce.exp()
+        now = time.perf_counter()
+        if self._last_time is not None:
+            seconds = now - self._last_time
+            logs["train/tokens_per_s"] = torch.tensor(tokens / seconds)
+            if self.train_cfg.peak_flops:
+                seq = batch["codes"].shape[-1] if "codes" in batch else 1
+                flops = lm_flops_per_token(self.lm_cfg, seq) * tokens / self.lm_cfg.n_q
+                logs["train/mfu"] = torch.tensor(flops / seconds / self.train_cfg.peak_flops)
+        self._last_time = now
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=per_codebook.numel())
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, batch_size=1)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        loss, per_codebook, _ = self._loss(batch)
+        self.log("val/ce", loss, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=1)
+        for q, ce in enumerate(per_codebook):
+            self.log(f"val/ce_q{q}", ce, on_epoch=True, sync_dist=True, batch_size=1)
+
+    # ----------------------------------------------------------------------------------- optimiser
+    def _lr_lambda(self, step: int) -> float:
+        cfg = self.train_cfg
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps))
+        return cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def configure_optimizers(self):
+        cfg = self.train_cfg
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_lambda)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

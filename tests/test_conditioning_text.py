@@ -1,0 +1,188 @@
+"""Text conditioner: the packaged MiniLM encoder and a T5 encoder built here, frozen, masked, projected."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from mgen.conditioning.text import TextConditioner, load_text_encoder, packaged_minilm_path, word_dropout
+
+DIM = 24
+MOODS = ["calm", "energetic", "dark", "happy", "sad", "dreamy", "aggressive", "relaxed"]
+INSTRUMENTS = ["piano", "guitar", "violin", "drums", "synthesizer", "cello", "flute", "trumpet", "organ", "bass"]
+GENRES = ["jazz", "rock", "classical", "techno", "ambient", "folk", "blues", "reggae", "funk", "pop"]
+SPM_VOCAB = 60
+T5_EXTRA_IDS = 100  # T5Tokenizer adds <extra_id_0..99> on top of the sentencepiece pieces
+
+
+@pytest.fixture(scope="module")
+def minilm() -> TextConditioner:
+    torch.manual_seed(0)
+    return TextConditioner(DIM).eval()
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init T5 encoder with a real (trained here) sentencepiece tokenizer, saved like a hub folder."""
+    import sentencepiece as spm
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    out = tmp_path_factory.mktemp("t5")
+    captions = [f"a {m} {g} track with {a} and {b}"
+                for m, g, a, b in itertools.product(MOODS, GENRES, INSTRUMENTS, INSTRUMENTS[::-1])]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(captions), model_writer=model, vocab_size=SPM_VOCAB,
+                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram", minloglevel=2)
+    (out / "spiece.model").write_bytes(model.getvalue())
+    tokenizer = T5Tokenizer.from_pretrained(out)
+    assert len(tokenizer) == SPM_VOCAB + T5_EXTRA_IDS
+    reference = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    assert tokenizer("a calm piano")["input_ids"] == reference.encode("a calm piano") + [1]  # + </s>
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    T5EncoderModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_packaged_minilm_is_a_real_sentence_encoder(minilm: TextConditioner) -> None:
+    assert packaged_minilm_path().is_dir()
+    assert len(minilm.tokenizer) == 30522 and minilm.proj.in_features == 384
+    assert type(minilm.encoder).__name__ == "BertModel"
+    assert minilm.max_length == 512
+
+
+def test_minilm_token_states_are_those_of_all_minilm_l6_v2(minilm: TextConditioner) -> None:
+    """Mean-pooled token states reproduce the sentence-transformers embedding of the same packaged model."""
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    texts = ["a calm piano melody with soft strings", "rock"]
+    tokens, _ = minilm.tokenize(texts)
+    with torch.no_grad():
+        states = minilm.encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    mask = tokens["attention_mask"][..., None].float()
+    pooled = torch.nn.functional.normalize((states.last_hidden_state * mask).sum(1) / mask.sum(1), dim=-1)
+    st = sentence_transformers.SentenceTransformer(str(packaged_minilm_path()), device="cpu")
+    expected = st.encode(texts, convert_to_tensor=True)
+    torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_shapes_masks_and_zeroed_padding(minilm: TextConditioner) -> None:
+    texts = ["a calm piano melody with soft strings and a slow beat", "rock", None, ""]
+    out = minilm(texts)
+    tokens, _ = minilm.tokenize(texts)
+    b, s = tokens["input_ids"].shape
+    assert out.embedding.shape == (b, s, DIM) and out.mask.shape == (b, s) and out.mask.dtype == torch.bool
+    assert out.mask[0].all() and out.mask[1].sum() == 3  # [CLS] rock [SEP]
+    assert not out.mask[2].any() and not out.mask[3].any()  # None and "" are fully masked
+    assert (out.embedding[~out.mask] == 0).all()
+    assert (out.embedding[out.mask].abs().sum(-1) > 0).all()
+    # padding does not change the real tokens: the short prompt alone gives the same states
+    alone = minilm(["rock"])
+    torch.testing.assert_close(alone.embedding[0, :3], out.embedding[1, :3], atol=1e-5, rtol=1e-4)
+
+
+def test_frozen_encoder_outside_state_dict_and_without_grads(minilm: TextConditioner) -> None:
+    assert set(minilm.state_dict()) == {"proj.weight", "proj.bias"}
+    assert {n for n, _ in minilm.named_parameters()} == {"proj.weight", "proj.bias"}
+    minilm.zero_grad()
+    minilm(["a happy tune", "sad strings"]).embedding.sum().backward()
+    assert minilm.proj.weight.grad is not None and minilm.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in minilm.encoder.parameters())
+    minilm.train()
+    try:
+        minilm(["x"])
+        assert not minilm.encoder.training  # the encoder stays in eval mode (no dropout) while training
+    finally:
+        minilm.eval()
+
+
+def test_checkpoint_round_trip_carries_only_the_projection(t5_dir: Path) -> None:
+    a = TextConditioner(DIM, encoder=t5_dir).eval()
+    b = TextConditioner(DIM, encoder=t5_dir).eval()
+    b.load_state_dict(a.state_dict())  # strict: nothing missing, nothing extra
+    torch.testing.assert_close(a(["a jazz track"]).embedding, b(["a jazz track"]).embedding)
+
+
+def test_to_moves_the_unregistered_encoder(t5_dir: Path) -> None:
+    cond = TextConditioner(DIM, encoder=t5_dir).eval().to(torch.float64)
+    assert next(cond.encoder.parameters()).dtype == torch.float64
+    assert cond(["a dark techno track"]).embedding.dtype == torch.float64
+
+
+def test_t5_encoder_path(t5_dir: Path) -> None:
+    cond = TextConditioner(DIM, encoder=t5_dir).eval()
+    assert type(cond.encoder).__name__ == "T5EncoderModel" and cond.proj.in_features == 32
+    out = cond(["a calm piano", "a happy jazz track with flute and organ", None])
+    lengths = [len(cond.tokenizer(t)["input_ids"]) for t in ("a calm piano", "a happy jazz track with flute and organ")]
+    assert out.embedding.shape == (3, max(lengths), DIM)
+    assert out.mask.sum(1).tolist() == [*lengths, 0]
+    assert (out.embedding[~out.mask] == 0).all()
+
+
+def test_word_dropout_only_in_training(t5_dir: Path) -> None:
+    gen = torch.Generator().manual_seed(0)
+    cond = TextConditioner(DIM, encoder=t5_dir, word_dropout=0.3, generator=gen)
+    prompt = " ".join(["a calm jazz track with piano and cello"] * 4)  # 32 words
+    cond.eval()
+    full = cond([prompt])
+    assert torch.equal(full.embedding, cond([prompt]).embedding)  # eval: deterministic, nothing dropped
+    cond.train()
+    kept = [int(cond([prompt]).mask.sum()) for _ in range(20)]
+    assert max(kept) < int(full.mask.sum())
+    assert len(set(kept)) > 1
+
+
+def test_word_dropout_rate() -> None:
+    gen = torch.Generator().manual_seed(1)
+    words = 20_000
+    kept = len(word_dropout(" ".join(["w"] * words), 0.3, gen).split())
+    assert abs(1 - kept / words - 0.3) < 0.015
+    assert word_dropout("only", 0.0, gen) == "only"
+
+
+def test_dropping_every_word_masks_the_sample(t5_dir: Path) -> None:
+    cond = TextConditioner(DIM, encoder=t5_dir, word_dropout=0.999).train()
+    out = cond(["calm piano", "dark drums"])
+    assert not out.mask.any() and (out.embedding == 0).all()
+
+
+def test_too_long_prompts_are_truncated_with_a_warning_or_rejected(t5_dir: Path) -> None:
+    prompt = "a calm piano track with violin and flute"
+    cond = TextConditioner(DIM, encoder=t5_dir, max_length=5).eval()
+    with pytest.warns(UserWarning, match="exceed max_length=5"):
+        out = cond([prompt, "jazz"])
+    assert out.embedding.shape[1] == 5 and out.mask[0].all()
+    strict = TextConditioner(DIM, encoder=t5_dir, max_length=5, too_long="error").eval()
+    with pytest.raises(ValueError, match="exceed max_length=5"):
+        strict([prompt])
+
+
+def test_bad_inputs_raise_clear_errors(minilm: TextConditioner, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        minilm([])
+    with pytest.raises(TypeError, match="list of str"):
+        minilm("a single string")
+    with pytest.raises(TypeError, match="str or None"):
+        minilm(["ok", 3])
+    with pytest.raises(OSError, match="not available locally"):
+        load_text_encoder(tmp_path / "nothing-here")
+    with pytest.raises(OSError, match="not available locally"):
+        load_text_encoder("google/flan-t5-not-in-any-cache")
+    with pytest.raises(ValueError, match="too_long"):
+        TextConditioner(DIM, too_long="ignore")
+
+
+def test_tokenizer_without_its_vocabulary_is_refused(t5_dir: Path, tmp_path: Path) -> None:
+    """transformers 5: T5Tokenizer(vocab_file=...) builds a tokenizer holding only special tokens, silently."""
+    from transformers import T5EncoderModel, T5Tokenizer
+
+    broken = T5Tokenizer(vocab_file=str(t5_dir / "spiece.model"))
+    broken.save_pretrained(tmp_path)
+    T5EncoderModel.from_pretrained(t5_dir).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="ordinary tokens"):
+        TextConditioner(DIM, encoder=tmp_path)
