@@ -11,6 +11,7 @@ COMMAND_MODULES: list[str] = [
     "mgen.commands.info",
     "mgen.commands.demo",
     "mgen.commands.fit",
+    "mgen.commands.codec",
     "mgen.bench.cli",
     "data_prep.cli",
 ]

@@ -233,6 +233,24 @@ class LossBalancer:
         self, losses: Mapping[str, torch.Tensor], output: torch.Tensor, *, retain_graph: bool = False
     ) -> dict[str, torch.Tensor]:
         """Backpropagate ``losses`` into ``output``'s graph; returns the effective (rescaled) loss values to log."""
+        out_grad, effective = self.gradient(losses, output)
+        output.backward(out_grad, retain_graph=retain_graph)
+        return effective
+
+    def surrogate(self, losses: Mapping[str, torch.Tensor], output: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """A scalar whose gradient w.r.t. the model equals the balanced gradient, plus the effective losses.
+
+        ``(output * g).sum()`` with ``g`` the balanced output gradient (detached): adding other terms (the VQ
+        penalty) and calling one ``backward`` on the sum gives one backward pass per step, which is what DDP
+        and Lightning's precision plugins (``manual_backward``) expect.
+        """
+        out_grad, effective = self.gradient(losses, output)
+        return (output * out_grad.detach()).sum(), effective
+
+    def gradient(
+        self, losses: Mapping[str, torch.Tensor], output: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The balanced gradient w.r.t. ``output`` (same shape) and the effective loss values; no backward."""
         unknown = set(losses) - set(self.weights)
         if unknown:
             raise ValueError(f"no weight for loss(es) {sorted(unknown)}; weights are {self.weights}")
@@ -241,8 +259,7 @@ class LossBalancer:
         if not self.balance:
             total = sum(self.weights[name] * loss for name, loss in losses.items())
             (grad,) = torch.autograd.grad(total, [output], retain_graph=True)
-            output.backward(grad, retain_graph=retain_graph)
-            return {name: (self.weights[name] * loss).detach() for name, loss in losses.items()}
+            return grad, {name: (self.weights[name] * loss).detach() for name, loss in losses.items()}
 
         grads: dict[str, torch.Tensor] = {}
         norms: dict[str, torch.Tensor] = {}
@@ -269,8 +286,7 @@ class LossBalancer:
             scale = self.weights[name] / total_weight * self.total_norm / (self.epsilon + averaged[name])
             out_grad = out_grad + scale * grads[name]
             effective[name] = (scale * losses[name]).detach()
-        output.backward(out_grad, retain_graph=retain_graph)
-        return effective
+        return out_grad, effective
 
     def state_dict(self) -> dict:
         return {"ema_sum": dict(self._ema_sum), "ema_count": dict(self._ema_count)}

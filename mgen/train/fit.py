@@ -22,7 +22,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from mgen.recipes import load_recipe
 
-# recipe `task:` -> module with build(recipe, run_dir) -> (module, datamodule, callbacks) and export(...)
+# recipe `task:` -> module with build(recipe, run_dir) -> (module, datamodule, callbacks),
+# trainer_options(recipe, datamodule, world_size) -> Trainer kwargs, and export(module, trainer, run_dir)
 TASK_BUILDERS = {"codec": "mgen.train.codec_recipe", "lm": "mgen.train.lm_recipe"}
 TASKS = tuple(TASK_BUILDERS)
 
@@ -90,19 +91,19 @@ def fit(recipe: dict[str, Any] | str | Path, run_dir: str | Path, data: str | No
     builder = importlib.import_module(TASK_BUILDERS[task])
     module, datamodule, callbacks = builder.build(recipe, run_dir)
     trainer_cfg = recipe.get("trainer", {})
+    options: dict[str, Any] = {
+        "max_epochs": -1, "max_steps": -1, "check_val_every_n_epoch": None,
+        "precision": trainer_cfg.get("precision", "32-true"),
+        "val_check_interval": int(trainer_cfg.get("val_every_n_batches", 200)),
+        "limit_val_batches": trainer_cfg.get("limit_val_batches", 4),
+        "log_every_n_steps": int(trainer_cfg.get("log_every_n_steps", 10)),
+    }
     world_size = _device_count(devices, accelerator) * num_nodes
-    options = {"max_steps": -1}
-    if hasattr(builder, "trainer_options"):
-        options.update(builder.trainer_options(recipe, datamodule, world_size))
+    options.update(builder.trainer_options(recipe, datamodule, world_size))
     trainer = L.Trainer(
-        accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-        precision=trainer_cfg.get("precision", "32-true"), max_epochs=-1, **options, check_val_every_n_epoch=None,
-        val_check_interval=int(trainer_cfg.get("val_every_n_batches", 200)),
-        limit_val_batches=trainer_cfg.get("limit_val_batches", 4),
-        log_every_n_steps=int(trainer_cfg.get("log_every_n_steps", 10)),
-        num_sanity_val_steps=0, default_root_dir=str(run_dir), logger=make_loggers(run_dir, recipe, wandb),
-        callbacks=callbacks, enable_progress_bar=trainer_cfg.get("progress_bar", True),
-    )
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes, num_sanity_val_steps=0,
+        default_root_dir=str(run_dir), logger=make_loggers(run_dir, recipe, wandb), callbacks=callbacks,
+        enable_progress_bar=trainer_cfg.get("progress_bar", True), **options)
     ckpt = _resume_path(run_dir) if resume else None
     if ckpt:
         print(f"[mgen fit] resuming from {ckpt}")

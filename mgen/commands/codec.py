@@ -1,0 +1,189 @@
+"""`mgen codec encode | decode`: audio files <-> codec tokens with a trained codec.
+
+    mgen codec encode IN.wav OUT.npy --ckpt CODEC     codes [K, T] (int16 when the codebooks fit, else int64)
+    mgen codec decode IN.npy OUT.wav --ckpt CODEC     audio at the codec's sample rate
+
+CODEC is an export directory (`save_codec` / `export_codec`) or a `CodecModule` `.ckpt` (its EMA weights). Bad
+input is a `ValueError` naming the file, which `mgen` turns into a one-line error and exit code 2; outputs are
+written to a temporary file and renamed, so a failed or interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_SUBTYPE = "PCM_16"
+
+
+def _atomic_target(output: Path) -> tuple[int, Path]:
+    """A temporary file next to ``output`` (same file system, so `os.replace` is atomic)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    return fd, Path(tmp)
+
+
+def read_audio(path: Path, sample_rate: int, channels: int, *, convert_channels: bool = False,
+               allow_silence: bool = False, log=print) -> np.ndarray:
+    """``[frames, channels]`` float32 ready for the codec: checked, resampled (said so), channel-matched on request."""
+    import soundfile as sf
+
+    from data_prep.audio_io import resample, to_channels
+
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file not found: {path}")
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as err:  # soundfile raises several types for unreadable input
+        raise ValueError(f"{path}: not readable as audio ({str(err).strip().splitlines()[0][:200]})") from err
+    if audio.shape[0] == 0:
+        raise ValueError(f"{path}: contains no audio frames")
+    if not np.isfinite(audio).all():
+        raise ValueError(f"{path}: contains NaN or infinite samples")
+    if not allow_silence and not np.abs(audio).max() > 0:
+        raise ValueError(f"{path}: is entirely silent (all samples are zero); pass --allow-silence to encode it anyway")
+    have = audio.shape[1]
+    if have != channels:
+        if not convert_channels:
+            raise ValueError(f"{path}: has {have} channel(s) but the codec expects {channels}; pass "
+                             f"--convert-channels to {'mix it down' if channels < have else 'duplicate it'}")
+        log(f"converting {path} from {have} to {channels} channel(s)")
+        audio = to_channels(audio, channels)
+    if rate != sample_rate:
+        log(f"resampling {path} from {rate} Hz to {sample_rate} Hz")
+        audio = resample(audio, rate, sample_rate)
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def encode_file(codec, input_path: Path, output_path: Path, *, convert_channels: bool = False,
+                allow_silence: bool = False, dtype: str | None = None, log=print) -> np.ndarray:
+    """Encode one audio file to ``[K, T]`` codes saved as .npy; returns the codes."""
+    import torch
+
+    audio = read_audio(input_path, codec.sample_rate, codec.channels, convert_channels=convert_channels,
+                       allow_silence=allow_silence, log=log)
+    with torch.inference_mode(), warnings.catch_warnings():
+        if allow_silence:  # asked for: the codec's "entirely silent" warning would only repeat the request
+            warnings.filterwarnings("ignore", message="audio is entirely silent", category=RuntimeWarning)
+        codes = codec.encode(torch.from_numpy(audio.T.copy())[None].to(next(codec.parameters()).device))[0]
+    dtype = dtype or ("int16" if codec.cardinality <= np.iinfo(np.int16).max + 1 else "int64")
+    array = codes.cpu().numpy().astype(dtype)
+    fd, tmp = _atomic_target(output_path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, output_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return array
+
+
+def read_codes(path: Path, num_codebooks: int, cardinality: int) -> np.ndarray:
+    """``[K, T]`` integer codes from a .npy file, checked against the codec."""
+    if not path.is_file():
+        raise FileNotFoundError(f"codes file not found: {path}")
+    try:
+        codes = np.load(path, allow_pickle=False)
+    except Exception as err:  # pickled objects, truncated or non-npy files
+        raise ValueError(f"{path}: not a .npy array of codes ({str(err).strip().splitlines()[0][:200]})") from err
+    if not isinstance(codes, np.ndarray) or codes.ndim != 2:
+        raise ValueError(f"{path}: codes must have shape [K, T] (codebooks x frames), got {np.shape(codes)}")
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"{path}: codes must be integers, got dtype {codes.dtype}")
+    if codes.shape[0] != num_codebooks:
+        raise ValueError(f"{path}: has {codes.shape[0]} codebooks but the codec expects {num_codebooks}")
+    if codes.shape[1] == 0:
+        raise ValueError(f"{path}: has no frames (shape {codes.shape})")
+    lo, hi = int(codes.min()), int(codes.max())
+    if lo < 0 or hi >= cardinality:
+        raise ValueError(f"{path}: code values must be in [0, {cardinality}), got min {lo} and max {hi}")
+    return codes.astype(np.int64)
+
+
+def decode_file(codec, input_path: Path, output_path: Path, *, subtype: str = DEFAULT_SUBTYPE, log=print) -> np.ndarray:
+    """Decode ``[K, T]`` codes from .npy to an audio file (format from the extension); returns ``[L, C]`` audio."""
+    import soundfile as sf
+    import torch
+
+    fmt = output_path.suffix.lstrip(".").upper()
+    if fmt not in sf.available_formats():
+        raise ValueError(f"{output_path}: unknown audio format {output_path.suffix!r}; use .wav or .flac")
+    if not sf.check_format(fmt, subtype):
+        raise ValueError(f"{output_path}: {fmt} cannot hold {subtype} samples")
+    codes = read_codes(input_path, codec.num_codebooks, codec.cardinality)
+    with torch.inference_mode():
+        device = next(codec.parameters()).device
+        wav = codec.decode(torch.from_numpy(codes)[None].to(device))[0]
+    audio = wav.float().cpu().numpy().T
+    if subtype != "FLOAT" and np.abs(audio).max() > 1.0:
+        log(f"clipping the decoded audio to [-1, 1] for {subtype} (peak {np.abs(audio).max():.2f})")
+        audio = np.clip(audio, -1.0, 1.0)
+    fd, tmp = _atomic_target(output_path)
+    os.close(fd)
+    try:
+        sf.write(str(tmp), audio, codec.sample_rate, format=fmt, subtype=subtype)
+        os.replace(tmp, output_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return audio
+
+
+def _load(args: argparse.Namespace):
+    from mgen.codec.checkpoint import load_codec
+
+    return load_codec(args.ckpt, device=args.device)
+
+
+def _stderr(message: str) -> None:
+    print(f"mgen codec: {message}", file=sys.stderr)
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    codec = _load(args)
+    codes = encode_file(codec, args.input, args.output, convert_channels=args.convert_channels,
+                        allow_silence=args.allow_silence, dtype=args.dtype, log=_stderr)
+    print(f"{args.output}: codes {list(codes.shape)} ({codes.dtype}), {codes.shape[1] / codec.frame_rate:.2f} s "
+          f"at {codec.frame_rate:g} Hz")
+    return 0
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    codec = _load(args)
+    audio = decode_file(codec, args.input, args.output, subtype=args.subtype, log=_stderr)
+    print(f"{args.output}: {audio.shape[0] / codec.sample_rate:.2f} s, {audio.shape[1]} channel(s), "
+          f"{codec.sample_rate} Hz")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("codec", help="encode audio to codec tokens, decode tokens to audio")
+    actions = p.add_subparsers(dest="codec_action", metavar="ACTION", required=True)
+
+    enc = actions.add_parser("encode", help="audio file -> codes [K, T] .npy")
+    enc.add_argument("input", type=Path, help="audio file (anything soundfile reads: wav, flac, ogg, ...)")
+    enc.add_argument("output", type=Path, help="output .npy")
+    enc.add_argument("--ckpt", type=Path, required=True, help="codec export directory or CodecModule .ckpt")
+    enc.add_argument("--convert-channels", action="store_true",
+                     help="mix down / duplicate channels when the file's channel count differs from the codec's")
+    enc.add_argument("--allow-silence", action="store_true", help="encode an all-zero file instead of failing")
+    enc.add_argument("--dtype", choices=["int16", "int64"], default=None,
+                     help="dtype of the saved codes (default: int16 when the codebook size fits)")
+    enc.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    enc.set_defaults(func=run_encode)
+
+    dec = actions.add_parser("decode", help="codes [K, T] .npy -> audio file")
+    dec.add_argument("input", type=Path, help="codes .npy, shape [K, T]")
+    dec.add_argument("output", type=Path, help="output audio file (.wav or .flac)")
+    dec.add_argument("--ckpt", type=Path, required=True, help="codec export directory or CodecModule .ckpt")
+    dec.add_argument("--subtype", default=DEFAULT_SUBTYPE, choices=["PCM_16", "PCM_24", "FLOAT"],
+                     help="sample format of the output file")
+    dec.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    dec.set_defaults(func=run_decode)

@@ -1,0 +1,402 @@
+"""CodecModule: adversarial training of the EnCodec-style codec with Lightning.
+
+Each step: the generator (codec) reconstructs the batch; the MS-STFT discriminator is updated on the
+detached reconstruction (hinge loss); then the generator is updated with L1 + multi-scale mel +
+adversarial + feature-matching losses combined by the gradient balancer, plus the VQ commitment penalty,
+which is added outside the balancer as published. Optimisation is manual (two optimisers).
+
+The module keeps an exponential moving average of the codec (`codec_ema`, audiocraft's unbiased EMA):
+validation, the exported codec and `load_codec(<.ckpt>)` all use it. It lives in the module rather than in
+Lightning's `EMAWeightAveraging` callback because that callback counts optimiser steps (two per batch here,
+one before the adversarial losses start), averages every buffer including integer counters, copies the
+discriminator, and only hands its weights to the module at the end of `fit`.
+
+Recipes (`recipes/codec/*.yaml`) are turned into a module, callbacks and Trainer arguments by
+`build_codec_module`, `codec_callbacks` and `codec_trainer_kwargs`; `export_codec` writes the EMA codec.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+
+from mgen.codec.checkpoint import save_codec
+from mgen.codec.discriminator import MultiScaleSTFTDiscriminator
+from mgen.codec.losses import (LossBalancer, MultiScaleMelLoss, feature_matching_loss, hinge_discriminator_loss,
+                               hinge_generator_loss, l1_waveform_loss, si_snr)
+from mgen.codec.model import Codec, CodecConfig
+from mgen.train.media import log_audio_examples
+
+KNOWN_LOSSES = ("adv", "feat", "l1", "msspec")
+# Multi-device strategy for codec training: each step runs a discriminator backward that leaves the codec
+# unused and a generator backward that leaves the discriminator unused (plain "ddp" raises on both).
+DDP_STRATEGY = "ddp_find_unused_parameters_true"
+
+
+@dataclass
+class CodecTrainConfig:
+    """Optimisation of the codec; defaults are the published EnCodec/MusicGen ones."""
+
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 0.0
+    loss_weights: dict[str, float] = field(default_factory=lambda: {"adv": 4.0, "feat": 4.0, "l1": 0.1,
+                                                                   "msspec": 2.0})
+    balance: bool = True
+    commitment_weight: float = 1.0
+    disc_every: int = 1
+    adversarial_start: int = 0  # generator updates before the adversarial losses switch on
+    disc_filters: int = 32
+    disc_n_ffts: tuple[int, ...] = (1024, 2048, 512, 256, 128)
+    max_grad_norm: float | None = None
+    warmup_steps: int = 0
+    max_updates: int | None = None  # generator updates; the module stops the trainer there
+    cosine: bool = False
+    ema_decay: float | None = 0.99  # None or 0: no EMA, validation and export use the live weights
+    ema_every: int = 1  # generator updates between EMA updates
+    num_audio_examples: int = 2
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        self.disc_n_ffts = tuple(int(n) for n in self.disc_n_ffts)
+        self.loss_weights = {k: float(v) for k, v in self.loss_weights.items()}
+        unknown = set(self.loss_weights) - set(KNOWN_LOSSES)
+        if unknown:
+            raise ValueError(f"unknown codec losses {sorted(unknown)}; known: {', '.join(KNOWN_LOSSES)}")
+        if not any(self.loss_weights.get(k, 0) > 0 for k in ("l1", "msspec")):
+            raise ValueError("codec training needs a reconstruction loss: give l1 or msspec a weight > 0")
+        if any(w < 0 for w in self.loss_weights.values()):
+            raise ValueError(f"loss weights must be >= 0, got {self.loss_weights}")
+        if self.disc_every < 1:
+            raise ValueError(f"disc_every must be >= 1, got {self.disc_every}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) or null, got {self.ema_decay}")
+        if self.ema_every < 1:
+            raise ValueError(f"ema_every must be >= 1, got {self.ema_every}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    @property
+    def adversarial(self) -> bool:
+        return self.loss_weights.get("adv", 0) > 0 or self.loss_weights.get("feat", 0) > 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CodecTrainConfig":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown codec train settings {sorted(unknown)}")
+        return cls(**d)
+
+
+def codebook_statistics(codes: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per codebook: perplexity (exp of the code entropy) and the fraction of codes used. codes [B, K, T]."""
+    k = codes.shape[1]
+    counts = torch.stack([torch.bincount(codes[:, q].reshape(-1), minlength=bins) for q in range(k)]).float()
+    probs = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    entropy = -(probs * probs.clamp(min=1e-12).log()).sum(dim=1)
+    return entropy.exp(), (counts > 0).float().mean(dim=1)
+
+
+class CodecModule(L.LightningModule):
+    """Trains a `Codec` against a multi-scale STFT discriminator, keeping an EMA copy for validation/export."""
+
+    def __init__(self, codec: dict[str, Any] | str = "tiny", train: dict[str, Any] | None = None):
+        super().__init__()
+        codec_cfg = CodecConfig.preset(codec) if isinstance(codec, str) else CodecConfig.from_dict(codec)
+        self.train_cfg = CodecTrainConfig.from_dict(dict(train or {}))
+        self.save_hyperparameters({"codec": codec_cfg.to_dict(), "train": asdict(self.train_cfg)})
+        self.automatic_optimization = False
+        self.codec = Codec(codec_cfg)
+        self.codec_ema: Codec | None = None
+        if self.train_cfg.ema_decay:
+            # No gradients and never trained; train/eval mode does not matter (encode/decode never update codebooks).
+            self.codec_ema = copy.deepcopy(self.codec).requires_grad_(False)
+        self.discriminator = MultiScaleSTFTDiscriminator(filters=self.train_cfg.disc_filters,
+                                                         in_channels=codec_cfg.channels,
+                                                         n_ffts=list(self.train_cfg.disc_n_ffts))
+        self.mel_loss = MultiScaleMelLoss(codec_cfg.sample_rate)
+        self.balancer = LossBalancer(self.train_cfg.loss_weights, balance=self.train_cfg.balance)
+        self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("ema_count", torch.zeros((), dtype=torch.float64))
+
+    # ----------------------------------------------------------------------------------------- utils
+    @staticmethod
+    def audio_of(batch: Any) -> torch.Tensor:
+        return batch["audio"] if isinstance(batch, dict) else batch
+
+    @property
+    def eval_codec(self) -> Codec:
+        """The codec validation and export use: the EMA copy when there is one."""
+        return self.codec_ema if self.codec_ema is not None else self.codec
+
+    def bitrate_kbps(self) -> float:
+        q = self.codec.config.quantizer
+        return q.n_q * self.codec.channels * math.log2(q.bins) * self.codec.frame_rate / 1000
+
+    def _schedule(self, step: int) -> float:
+        cfg = self.train_cfg
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.cosine and cfg.max_updates:
+            progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_updates - cfg.warmup_steps))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    def configure_optimizers(self):
+        cfg = self.train_cfg
+        opt_g = torch.optim.Adam(self.codec.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                 weight_decay=cfg.weight_decay)
+        sch_g = torch.optim.lr_scheduler.LambdaLR(opt_g, self._schedule)
+        sch_d = torch.optim.lr_scheduler.LambdaLR(opt_d, self._schedule)
+        return [opt_g, opt_d], [sch_g, sch_d]
+
+    def _clip(self, optimizer) -> None:
+        if self.train_cfg.max_grad_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=self.train_cfg.max_grad_norm,
+                                gradient_clip_algorithm="norm")
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """Unbiased EMA (audiocraft's): weight ``1 / Σ decay^i``, so early updates are not pulled to the init."""
+        if self.codec_ema is None:
+            return
+        self.ema_count.mul_(self.train_cfg.ema_decay).add_(1.0)
+        w = float(1.0 / self.ema_count)
+        live = self.codec.state_dict()
+        for name, avg in self.codec_ema.state_dict().items():
+            value = live[name]
+            # Codebook `inited` flags are copied: averaging a 0 -> 1 flag is meaningless.
+            if avg.is_floating_point() and not name.endswith("inited"):
+                avg.lerp_(value.to(avg.dtype), w)
+            else:
+                avg.copy_(value)
+
+    # -------------------------------------------------------------------------------------- training
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        cfg = self.train_cfg
+        wav = self.audio_of(batch)
+        opt_g, opt_d = self.optimizers()
+        sch_g, sch_d = self.lr_schedulers()
+        updates = int(self.generator_updates)
+        adversarial = cfg.adversarial and updates >= cfg.adversarial_start
+        out = self.codec(wav)
+        logs: dict[str, torch.Tensor] = {}
+
+        if adversarial and updates % cfg.disc_every == 0:
+            real_logits, _ = self.discriminator(wav)
+            fake_logits, _ = self.discriminator(out.audio.detach())
+            d_loss = hinge_discriminator_loss(real_logits, fake_logits)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
+            self._clip(opt_d)
+            opt_d.step()
+            sch_d.step()
+            logs["train/d_loss"] = d_loss.detach()
+
+        losses = {"l1": l1_waveform_loss(out.audio, wav), "msspec": self.mel_loss(out.audio, wav)}
+        if adversarial:
+            self.discriminator.requires_grad_(False)  # gradients flow through it to the audio, not into it
+            try:
+                fake_logits, fake_fmaps = self.discriminator(out.audio)
+                with torch.no_grad():
+                    _, real_fmaps = self.discriminator(wav)
+            finally:
+                self.discriminator.requires_grad_(True)
+            losses["adv"] = hinge_generator_loss(fake_logits)
+            losses["feat"] = feature_matching_loss(real_fmaps, fake_fmaps)
+        losses = {k: v for k, v in losses.items() if cfg.loss_weights.get(k, 0) > 0}
+        opt_g.zero_grad(set_to_none=True)
+        balanced, effective = self.balancer.surrogate(losses, out.audio)
+        # One backward for the balanced losses and the commitment penalty (which stays outside the balancer).
+        self.manual_backward(balanced + cfg.commitment_weight * out.penalty)
+        self._clip(opt_g)
+        opt_g.step()
+        sch_g.step()
+        self.generator_updates += 1
+        if int(self.generator_updates) % cfg.ema_every == 0:
+            self.update_ema()
+
+        perplexity, usage = codebook_statistics(out.codes.detach(), self.codec.cardinality)
+        logs.update({f"train/{k}": v.detach() for k, v in losses.items()})
+        logs.update({f"train/balanced_{k}": v for k, v in effective.items()})
+        logs["train/commitment"] = out.penalty.detach()
+        logs["train/perplexity_mean"] = perplexity.mean()
+        for q in range(perplexity.shape[0]):
+            logs[f"train/perplexity_q{q}"] = perplexity[q]
+            logs[f"train/usage_q{q}"] = usage[q]
+        logs["train/bitrate_kbps"] = torch.tensor(self.bitrate_kbps())
+        logs["train/lr"] = torch.tensor(opt_g.param_groups[0]["lr"])
+        logs["train/updates"] = self.generator_updates.detach().float()
+        logs["train/adversarial"] = torch.tensor(float(adversarial))
+        self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=wav.shape[0])
+        main = losses["msspec"] if "msspec" in losses else losses["l1"]
+        self.log("loss", main.detach(), prog_bar=True, on_step=True, batch_size=wav.shape[0])
+        if cfg.max_updates and int(self.generator_updates) >= cfg.max_updates:
+            self.trainer.should_stop = True
+
+    # ------------------------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def reconstruction_metrics(self, wav: torch.Tensor, codec: Codec | None = None) -> dict[str, torch.Tensor]:
+        """SI-SNR (dB, higher is better) and multi-scale mel distance of encode -> decode (EMA codec by default)."""
+        codec = codec if codec is not None else self.eval_codec
+        codes = codec.encode(wav)
+        recon = codec.decode(codes, length=wav.shape[-1])
+        perplexity, usage = codebook_statistics(codes, codec.cardinality)
+        return {"si_snr": si_snr(recon, wav).mean(), "mel_distance": self.mel_loss(recon, wav),
+                "perplexity_mean": perplexity.mean(), "usage_mean": usage.mean(), "recon": recon}
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        wav = self.audio_of(batch)
+        metrics = self.reconstruction_metrics(wav)
+        recon = metrics.pop("recon")
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_epoch=True, sync_dist=True,
+                      batch_size=wav.shape[0])
+        n = self.train_cfg.num_audio_examples
+        if batch_idx == 0 and n > 0 and self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            sr = self.codec.sample_rate
+            log_audio_examples(self.loggers, "val/reconstruction", list(recon[:n]), sr, self.global_step)
+            log_audio_examples(self.loggers, "val/reference", list(wav[:n]), sr, self.global_step)
+
+    # ----------------------------------------------------------------------------------- checkpoint
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["loss_balancer"] = self.balancer.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "loss_balancer" in checkpoint:
+            self.balancer.load_state_dict(checkpoint["loss_balancer"])
+
+
+# ---------------------------------------------------------------------------------------------- recipes
+RECIPE_SECTIONS = {"task", "model", "train", "data", "trainer", "ema", "logging"}
+
+
+def _section(recipe: dict[str, Any], name: str, known: set[str] | None = None) -> dict[str, Any]:
+    value = recipe.get(name) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"codec recipe section {name!r} must be a mapping, got {type(value).__name__}")
+    if known is not None and set(value) - known:
+        raise ValueError(f"unknown keys in codec recipe section {name!r}: {sorted(set(value) - known)}")
+    return dict(value)
+
+
+def codec_config_from_recipe(recipe: dict[str, Any]) -> CodecConfig:
+    """The `model:` section: a preset name plus overrides (nested dicts merge), or a full CodecConfig dict."""
+    model = _section(recipe, "model")
+    preset = model.pop("preset", None)
+    return CodecConfig.preset(preset, **model) if preset else CodecConfig.from_dict(model)
+
+
+def build_codec_module(recipe: dict[str, Any]) -> CodecModule:
+    """A `CodecModule` from a codec recipe, checking that its data and model sections agree."""
+    if recipe.get("task", "codec") != "codec":
+        raise ValueError(f"not a codec recipe: task is {recipe.get('task')!r}")
+    unknown = set(recipe) - RECIPE_SECTIONS
+    if unknown:
+        raise ValueError(f"unknown codec recipe sections {sorted(unknown)}; known: {sorted(RECIPE_SECTIONS)}")
+    codec_cfg = codec_config_from_recipe(recipe)
+    data = _section(recipe, "data")  # the data module owns this section; only what the codec must match is checked
+    trainer = _section(recipe, "trainer")
+    ema = _section(recipe, "ema", {"decay", "every_n_updates"})
+    train = _section(recipe, "train")
+    for key, value in (("sample_rate", codec_cfg.sample_rate), ("channels", codec_cfg.channels)):
+        if key in data and int(data[key]) != value:
+            raise ValueError(f"codec recipe: data.{key} is {data[key]} but the codec model has {key} {value}")
+    if "max_updates" in trainer:
+        train.setdefault("max_updates", int(trainer["max_updates"]))
+    if "decay" in ema:
+        train.setdefault("ema_decay", ema["decay"])
+    if "every_n_updates" in ema:
+        train.setdefault("ema_every", int(ema["every_n_updates"]))
+    train_cfg = CodecTrainConfig.from_dict(train)
+    if "segment_seconds" in data:
+        samples = int(float(data["segment_seconds"]) * codec_cfg.sample_rate)
+        longest = max([1024, *(train_cfg.disc_n_ffts if train_cfg.adversarial else ())])
+        if samples < longest:
+            raise ValueError(f"codec recipe: segments of {data['segment_seconds']} s ({samples} samples) are shorter "
+                             f"than the longest STFT window ({longest}); use longer segments")
+    return CodecModule(codec_cfg.to_dict(), asdict(train_cfg))
+
+
+class UpdateCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` that counts generator updates, not optimiser steps.
+
+    With manual optimisation and two optimisers `trainer.global_step` advances by two per batch once the
+    discriminator trains (one before), so `every_n_train_steps` would not mean "updates". This saves every
+    `every_n_updates` generator updates and at `max_updates`; file names carry the update count.
+    """
+
+    def __init__(self, every_n_updates: int, **kwargs: Any) -> None:
+        kwargs.setdefault("filename", "codec-{updates}")
+        super().__init__(every_n_train_steps=0, **kwargs)
+        if every_n_updates < 1:
+            raise ValueError(f"checkpoint_every_n_updates must be >= 1, got {every_n_updates}")
+        self.every_n_updates = every_n_updates
+
+    def _monitor_candidates(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
+        candidates = super()._monitor_candidates(trainer)
+        module = trainer.lightning_module
+        if hasattr(module, "generator_updates"):
+            candidates["updates"] = module.generator_updates.detach().clone()
+        return candidates
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        updates = int(pl_module.generator_updates)
+        max_updates = getattr(getattr(pl_module, "train_cfg", None), "max_updates", None)
+        due = updates % self.every_n_updates == 0 or (max_updates is not None and updates >= max_updates)
+        if not due or self._should_skip_saving_checkpoint(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
+
+def codec_callbacks(recipe: dict[str, Any], dirpath: str | Path | None = None) -> list[Callback]:
+    """Callbacks a codec run needs: LR monitor and an update-counting checkpoint (keeps the latest + last.ckpt).
+
+    EMA is not a callback: the module keeps `codec_ema` itself (see the module docstring).
+    """
+    trainer = _section(recipe, "trainer")
+    every = int(trainer.get("checkpoint_every_n_updates", 1000))
+    return [
+        LearningRateMonitor(logging_interval="step"),
+        UpdateCheckpoint(every_n_updates=every, dirpath=dirpath, save_last=True, save_top_k=1),
+    ]
+
+
+def codec_trainer_kwargs(recipe: dict[str, Any]) -> dict[str, Any]:
+    """`lightning.Trainer` arguments for a codec recipe.
+
+    `max_steps` stays -1 on purpose: the module stops at `max_updates` generator updates, while Lightning's step
+    counter advances once per optimiser step. One batch is one generator update, so batch-based intervals
+    (validation, logging) are update-based.
+    """
+    trainer = _section(recipe, "trainer")
+    kwargs: dict[str, Any] = {
+        "max_steps": -1,
+        "max_epochs": -1,
+        "precision": str(trainer.get("precision", "32-true")),
+        "log_every_n_steps": int(trainer.get("log_every_n_steps", 50)),
+        "val_check_interval": int(trainer.get("val_every_n_updates", 1000)),
+        "check_val_every_n_epoch": None,
+    }
+    if "limit_val_batches" in trainer:
+        kwargs["limit_val_batches"] = trainer["limit_val_batches"]
+    return kwargs
+
+
+def export_codec(module: CodecModule, out_dir: str | Path) -> Path:
+    """Write the module's EMA codec (the live one when EMA is off) as an export directory (`save_codec`)."""
+    return save_codec(module.eval_codec, out_dir)
+
+
+__all__ = ["DDP_STRATEGY", "CodecModule", "CodecTrainConfig", "UpdateCheckpoint", "build_codec_module",
+           "codec_callbacks", "codec_config_from_recipe", "codec_trainer_kwargs", "codebook_statistics", "export_codec"]

@@ -1,0 +1,75 @@
+"""Audio examples and spectrogram images for whatever logger a run uses.
+
+W&B and TensorBoard get native media; every logger (CSV included) also gets WAV and PNG files under
+`<log_dir>/media/`, so samples are never lost when no media-capable logger is configured.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from PIL import Image
+
+
+def log_mel_image(wav: torch.Tensor, sample_rate: int, n_fft: int = 1024, n_mels: int = 80) -> np.ndarray:
+    """A log-magnitude mel spectrogram of mono audio [L] as an RGB uint8 image [mels, frames, 3] (low at bottom)."""
+    from mgen.codec.losses import mel_filterbank  # noqa: PLC0415 - one mel filterbank for the whole project
+
+    wav = wav.detach().float().cpu().reshape(-1)
+    if wav.numel() < n_fft:
+        wav = torch.nn.functional.pad(wav, (0, n_fft - wav.numel()))
+    spec = torch.stft(wav, n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft), return_complex=True).abs()
+    mel = torch.log10(mel_filterbank(sample_rate, n_fft, n_mels).T @ spec.pow(2) + 1e-8)
+    mel = (mel - mel.max() + 8.0).clamp(min=0) / 8.0  # 80 dB range
+    x = mel.flip(0).numpy()
+    # a small perceptual colormap: black -> purple -> orange -> yellow
+    stops = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32)
+    pos = x * (len(stops) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(stops) - 2)
+    frac = (pos - lo)[..., None]
+    return (stops[lo] * (1 - frac) + stops[lo + 1] * frac).astype(np.uint8)
+
+
+def _media_dir(logger) -> Path:
+    base = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or "."
+    path = Path(base) / "media"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_wav(path: Path, wav: torch.Tensor, sample_rate: int) -> None:
+    tmp = path.with_suffix(".tmp.wav")
+    sf.write(tmp, wav.detach().float().cpu().numpy().T, sample_rate, subtype="PCM_16")
+    os.replace(tmp, path)
+
+
+def log_audio_examples(loggers: list, key: str, wavs: list[torch.Tensor], sample_rate: int, step: int,
+                       captions: list[str] | None = None) -> list[Path]:
+    """Log audio [C, L] examples with their spectrograms; returns the files written."""
+    written: list[Path] = []
+    images = [log_mel_image(w.mean(0), sample_rate) for w in wavs]
+    captions = captions or [f"{key} {i}" for i in range(len(wavs))]
+    for logger in loggers:
+        name = type(logger).__name__
+        if name == "WandbLogger":
+            logger.log_audio(key=key, audios=[w.detach().float().cpu().mean(0).numpy() for w in wavs], step=step,
+                             sample_rate=[sample_rate] * len(wavs), caption=captions)
+            logger.log_image(key=f"{key}/spectrogram", images=images, step=step, caption=captions)
+        elif name == "TensorBoardLogger":
+            for i, (w, img) in enumerate(zip(wavs, images)):
+                logger.experiment.add_audio(f"{key}/{i}", w.detach().float().cpu().mean(0), step, sample_rate)
+                logger.experiment.add_image(f"{key}/{i}/spectrogram", img, step, dataformats="HWC")
+    folder = _media_dir(loggers[0]) if loggers else Path("media")
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = key.replace("/", "_")
+    for i, (w, img) in enumerate(zip(wavs, images)):
+        wav_path = folder / f"{safe}_step{step}_{i}.wav"
+        _write_wav(wav_path, w, sample_rate)
+        png_path = folder / f"{safe}_step{step}_{i}.png"
+        Image.fromarray(img).save(png_path)
+        written += [wav_path, png_path]
+    return written
