@@ -9,14 +9,12 @@ weights (`codec_ema.*`) when the run kept an EMA, as validation and `export_code
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from mgen.atomic import atomic_directory
 from mgen.codec.model import Codec, CodecConfig
 
 CONFIG_NAME = "config.json"
@@ -27,18 +25,10 @@ KIND = "mgen-codec"
 def save_codec(codec: Codec, directory: str | Path) -> Path:
     """Write `codec` to `directory` atomically (a temporary sibling directory renamed into place)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps({"kind": KIND, "codec": codec.config.to_dict()}, indent=2))
         state = {k: v.detach().cpu().contiguous() for k, v in codec.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

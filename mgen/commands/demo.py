@@ -30,12 +30,6 @@ def _stage(name: str, done: bool) -> bool:
     return not done
 
 
-def _write_wav(path: Path, audio: torch.Tensor, sample_rate: int) -> None:
-    tmp = path.with_name(path.stem + ".tmp.wav")
-    sf.write(tmp, audio.detach().float().cpu().numpy().T, sample_rate, subtype="PCM_16")
-    os.replace(tmp, path)
-
-
 def run_demo(out_dir: str | Path, clips: int = 24, clip_seconds: float = 10.0, codec_updates: int | None = None,
              lm_steps: int | None = None, duration: float = 8.0, seed: int = 0) -> dict[str, Any]:
     from data_prep.shards import write_shards  # noqa: PLC0415 - heavy imports only when the demo runs
@@ -44,7 +38,7 @@ def run_demo(out_dir: str | Path, clips: int = 24, clip_seconds: float = 10.0, c
     from mgen.musicgen import MusicGen  # noqa: PLC0415
     from mgen.recipes import load_recipe  # noqa: PLC0415
     from mgen.train.fit import fit  # noqa: PLC0415
-    from mgen.train.media import log_mel_image  # noqa: PLC0415
+    from mgen.train.media import log_mel_image, write_wav  # noqa: PLC0415
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +89,7 @@ def run_demo(out_dir: str | Path, clips: int = 24, clip_seconds: float = 10.0, c
                                  duration=duration, melody=melody_wav, melody_sample_rate=melody_sr, seed=seed),
     }
     for name, audio in outputs.items():
-        _write_wav(samples / f"{name}.wav", audio[0], sr)
+        write_wav(samples / f"{name}.wav", audio[0], sr)
         Image.fromarray(log_mel_image(audio[0].mean(0), sr)).save(samples / f"{name}.png")
     Image.fromarray(log_mel_image(melody_wav[0].mean(0), melody_sr)).save(samples / "melody_reference.png")
     report.update({"text_prompt": text, "melody_reference": str(melody_file),

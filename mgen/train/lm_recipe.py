@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +10,7 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from safetensors.torch import save_file
 
+from mgen.atomic import atomic_directory
 from mgen.codec.checkpoint import load_codec, save_codec
 from mgen.data import SkippedSamplesMonitor, lm_datamodule
 from mgen.musicgen import EXPORT_KIND
@@ -63,18 +61,11 @@ def export(module: LMModule, trainer: L.Trainer, run_dir: Path) -> Path | None:
     if not trainer.is_global_zero:
         return None
     target = run_dir / "export"
-    tmp = Path(tempfile.mkdtemp(prefix=".export.", dir=run_dir))
-    try:
+    with atomic_directory(target) as tmp:
         config = {"kind": EXPORT_KIND, **{k: v for k, v in dict(module.hparams).items() if k != "codec_path"}}
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         if module.codec_path:
             save_codec(load_codec(module.codec_path), tmp / "codec")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

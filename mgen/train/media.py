@@ -41,7 +41,7 @@ def _media_dir(logger) -> Path:
     return path
 
 
-def _write_wav(path: Path, wav: torch.Tensor, sample_rate: int) -> None:
+def write_wav(path: Path, wav: torch.Tensor, sample_rate: int) -> None:
     tmp = path.with_suffix(".tmp.wav")
     sf.write(tmp, wav.detach().float().cpu().numpy().T, sample_rate, subtype="PCM_16")
     os.replace(tmp, path)
@@ -68,7 +68,7 @@ def log_audio_examples(loggers: list, key: str, wavs: list[torch.Tensor], sample
     safe = key.replace("/", "_")
     for i, (w, img) in enumerate(zip(wavs, images)):
         wav_path = folder / f"{safe}_step{step}_{i}.wav"
-        _write_wav(wav_path, w, sample_rate)
+        write_wav(wav_path, w, sample_rate)
         png_path = folder / f"{safe}_step{step}_{i}.png"
         Image.fromarray(img).save(png_path)
         written += [wav_path, png_path]
