@@ -12,6 +12,7 @@ COMMAND_MODULES: list[str] = [
     "mgen.commands.demo",
     "mgen.commands.fit",
     "mgen.commands.codec",
+    "mgen.commands.generate",
     "mgen.bench.cli",
     "data_prep.cli",
 ]

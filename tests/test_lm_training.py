@@ -15,6 +15,7 @@ import soundfile as sf
 import torch
 from data_fixtures import synth_corpus  # noqa: F401  (session fixture)
 
+from mgen.cli import main
 from mgen.codec.checkpoint import save_codec
 from mgen.codec.model import Codec
 from mgen.lm.model import cross_entropy_per_codebook
@@ -104,6 +105,24 @@ def test_lm_learns_real_tokens_below_unigram_entropy(token_shards: Path, tmp_pat
         model.generate(["a tune"], duration=0)
     with pytest.raises(ValueError, match="not an mgen LM export"):
         MusicGen.load(run / "export" / "codec")
+
+    # the command: several prompts from a file, continuation from audio, bad input named clearly
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cheerful folk tune\n\na calm chorale\n")
+    sf.write(tmp_path / "start.wav", np.random.default_rng(0).normal(0, 0.1, 16000).astype("float32"), 32000)
+    out = tmp_path / "gen" / "clip.wav"
+    assert main(["generate", "--ckpt", str(run / "export"), "--text-file", str(prompts), "--duration", "1.0",
+                 "--continue-from", str(tmp_path / "start.wav"), "--top-k", "20", "--seed", "1",
+                 "--out", str(out)]) == 0
+    for name in ("clip_000.wav", "clip_001.wav"):
+        clip, rate = sf.read(out.parent / name)
+        assert rate == 32000 and clip.shape == (32000,)
+    (tmp_path / "notes.wav").write_text("not audio")
+    assert main(["generate", "--ckpt", str(run / "export"), "--text", "a tune", "--melody",
+                 str(tmp_path / "notes.wav"), "--out", str(tmp_path / "x.wav")]) == 2
+    assert main(["generate", "--ckpt", str(run / "export" / "codec"), "--text", "a tune",
+                 "--out", str(tmp_path / "x.wav")]) == 2
+    assert not (tmp_path / "x.wav").exists()  # nothing written for a failed request
 
 
 def test_fit_resumes_from_last_checkpoint(token_shards: Path, tmp_path: Path) -> None:
