@@ -105,8 +105,7 @@ def generate_window(lm: LM, num_frames: int, conditioning: Conditioning | None =
     if prompt is not None and prompt.shape[-1] > 0:
         prompt_len = prompt.shape[-1]
         codes[..., :prompt_len] = prompt.to(device)
-    sequence, valid = pattern.build_sequence(codes, special)
-    valid = valid.to(device)
+    sequence, valid = pattern.build_sequence(codes, special)  # valid [K, S], on the codes' device
     start = max(pattern.first_step_at_or_after(prompt_len), 1)
     num_steps = pattern.num_steps
     prefix_len = 0 if conditioning is None or conditioning.prefix is None else conditioning.prefix.shape[1]

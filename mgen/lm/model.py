@@ -194,7 +194,7 @@ class LM(nn.Module):
         """Fresh per-layer caches for a generation of at most `max_len` positions (prefix included)."""
         return [LayerCache(KVCache(max_len)) for _ in self.layers]
 
-    def check_codes(self, codes: Tensor, allow_special: bool = False, allow_unknown: bool = False) -> None:
+    def check_codes(self, codes: Tensor) -> None:
         """Raise a clear error for codes of the wrong shape or outside [0, card)."""
         if codes.dim() != 3:
             raise ValueError(f"codes must be [B, K, T], got shape {tuple(codes.shape)}")
@@ -203,11 +203,9 @@ class LM(nn.Module):
         if codes.dtype.is_floating_point:
             raise ValueError(f"codes must be integers, got {codes.dtype}")
         if codes.numel():
-            low = -1 if allow_unknown else 0
-            high = self.cfg.card if allow_special else self.cfg.card - 1
             lo, hi = int(codes.min()), int(codes.max())
-            if lo < low or hi > high:
-                raise ValueError(f"codes must lie in [{low}, {high}] (cardinality {self.cfg.card}); "
+            if lo < 0 or hi > self.cfg.card - 1:
+                raise ValueError(f"codes must lie in [0, {self.cfg.card - 1}] (cardinality {self.cfg.card}); "
                                  f"found values in [{lo}, {hi}]")
 
     # --------------------------------------------------------------------------------------- forward
