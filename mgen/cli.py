@@ -13,6 +13,7 @@ COMMAND_MODULES: list[str] = [
     "mgen.commands.fit",
     "mgen.commands.codec",
     "mgen.commands.generate",
+    "mgen.commands.export",
     "mgen.bench.cli",
     "data_prep.cli",
 ]

@@ -1,15 +1,18 @@
 """`MusicGen`: a trained model for users — load an export, generate audio from text and melody.
 
-An export directory (written by `mgen fit` at the end of an LM run) holds `config.json` (LM, conditioning,
-training settings), `model.safetensors` (LM + condition projections) and `codec/` (the codec export). It
-loads with plain torch and safetensors: no Lightning, no pickle.
+An export directory (written by `mgen fit` at the end of an LM run, or by `mgen export`) holds `config.json`
+(LM, conditioning, training settings), `model.safetensors` (LM + condition projections), `codec/` (the codec
+export) and, unless the text encoder is the packaged MiniLM, `text_encoder/` (its weights and tokenizer, so the
+export loads on a machine without the original encoder folder). It loads with plain torch and safetensors: no
+Lightning, no pickle. A relative `conditioning.text_encoder` path is resolved against the export directory
+when it exists there.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file
@@ -17,6 +20,7 @@ from torch import Tensor
 
 from mgen.codec.checkpoint import load_codec
 from mgen.codec.model import Codec
+from mgen.export_dir import WEIGHTS_NAME, read_export_config
 from mgen.conditioning import ConditionProvider
 from mgen.lm.generate import ProgressFn, SamplingParams, generate
 from mgen.lm.model import LM, LMConfig
@@ -38,24 +42,49 @@ class MusicGen:
                              f"{codec.num_codebooks} x {codec.cardinality}")
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "MusicGen":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu",
+             codec: str | Path | None = None) -> "MusicGen":
+        """The model of an export directory; `codec` (an export or a CodecModule .ckpt) replaces `path/codec`."""
+        path = Path(path)
+        config, kind = read_export_config(path)
+        if kind != EXPORT_KIND:
+            raise ValueError(f"{path}: holds a {kind!r} model, not an mgen LM export")
+        conditioning = dict(config.get("conditioning") or {})
+        encoder = conditioning.get("text_encoder")
+        if encoder and not Path(encoder).is_absolute() and (path / encoder).is_dir():
+            conditioning["text_encoder"] = str(path / encoder)  # bundled with the export
+        try:
+            state = load_file(str(path / WEIGHTS_NAME))
+        except Exception as err:  # missing, truncated or not a safetensors file
+            raise ValueError(f"{path}: cannot read {WEIGHTS_NAME} ({str(err).strip()[:300]})") from err
+        model_codec = load_codec(codec if codec is not None else path / "codec")
+        return cls.from_config({**config, "conditioning": conditioning}, state, model_codec, where=path).to(device)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], state: Mapping[str, Tensor], codec: Codec,
+                    where: str | Path = "model") -> "MusicGen":
+        """Build from an export config (`lm`, `conditioning`, `train_segment_seconds`) and the `lm.*` /
+        `conditioner.*` weights: what an export and an LM training checkpoint both hold. `where` names the
+        source in errors."""
         from mgen.train.lm_module import ConditioningConfig, build_condition_provider  # noqa: PLC0415
 
-        path = Path(path)
-        config_path = path / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{path}: not an mgen export (no config.json)")
-        config = json.loads(config_path.read_text())
-        if config.get("kind") != EXPORT_KIND:
-            raise ValueError(f"{path}: holds a {config.get('kind', 'unknown')!r} model, not an mgen LM export")
-        lm = LM(LMConfig.from_dict(config["lm"]))
-        conditioner = build_condition_provider(ConditioningConfig(**config["conditioning"]), lm.cfg.dim)
-        state = load_file(str(path / "model.safetensors"))
-        lm.load_state_dict({k[3:]: v for k, v in state.items() if k.startswith("lm.")})
-        conditioner.load_state_dict({k[12:]: v for k, v in state.items() if k.startswith("conditioner.")})
-        codec = load_codec(path / "codec")
+        try:
+            lm = LM(LMConfig.from_dict(dict(config["lm"])))
+            cond_cfg = ConditioningConfig(**(config.get("conditioning") or {}))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{where}: bad model config: {err}") from err
+        try:
+            conditioner = build_condition_provider(cond_cfg, lm.cfg.dim)
+        except OSError as err:  # the text encoder is not available locally
+            raise FileNotFoundError(f"{where}: {err}") from err
+        try:
+            lm.load_state_dict({k[3:]: v for k, v in state.items() if k.startswith("lm.")})
+            conditioner.load_state_dict({k[12:]: v for k, v in state.items() if k.startswith("conditioner.")})
+        except RuntimeError as err:
+            detail = " ".join(str(err).split())[:400]
+            raise ValueError(f"{where}: weights do not match the model config: {detail}") from err
         window = float(config.get("train_segment_seconds") or 30.0)
-        return cls(lm, conditioner, codec, window).to(device)
+        return cls(lm, conditioner, codec, window)
 
     def to(self, device: str | torch.device) -> "MusicGen":
         self.lm.to(device)

@@ -24,6 +24,19 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def recipe_section(recipe: dict[str, Any], name: str, known: set[str] | None = None,
+                   kind: str = "") -> dict[str, Any]:
+    """A copy of one section (a mapping, empty when absent); unknown keys are an error naming them, so a
+    typo never silently falls back to a default."""
+    value = recipe.get(name) or {}
+    where = f"{kind} recipe section {name!r}".strip()
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(value).__name__}")
+    if known is not None and set(value) - known:
+        raise ValueError(f"unknown keys in {where}: {sorted(set(value) - known)}; known: {sorted(known)}")
+    return dict(value)
+
+
 def lm_config_from_recipe(recipe: dict[str, Any]) -> LMConfig:
     """The LMConfig of a recipe's model section: a size preset plus field overrides."""
     model = dict(recipe["model"])

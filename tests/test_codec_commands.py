@@ -13,7 +13,7 @@ import torch
 from mgen import cli
 from mgen.codec.checkpoint import save_codec
 from mgen.codec.model import Codec
-from tests.data_fixtures import tone
+from data_fixtures import tone
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -206,13 +206,13 @@ def test_bad_codes_raise(tiny, tiny_stereo):
     tiny.decode(good)
     with pytest.raises(ValueError, match=r"shape \[B, K, T\]"):
         tiny.decode(torch.zeros(4, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="3 codebooks but the codec expects 4"):
+    with pytest.raises(ValueError, match=r"3 codebooks, the codec \(4 per channel x 1 channel\(s\)\) expects 4"):
         tiny.decode(torch.zeros(1, 3, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="expects 8"):
         tiny_stereo.decode(good)
-    with pytest.raises(ValueError, match=r"in \[0, 256\)"):
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 255\]"):
         tiny.decode(good - 1)
-    with pytest.raises(ValueError, match=r"in \[0, 256\)"):
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 255\]"):
         tiny.decode(good + 256)
     with pytest.raises(ValueError, match="integer"):
         tiny.decode(good.float())

@@ -25,7 +25,7 @@ from mgen.codec.checkpoint import load_codec, save_codec
 from mgen.codec.model import Codec
 from mgen.train.codec_module import (CodecModule, build_codec_module, codec_callbacks, codec_trainer_kwargs,
                                      export_codec)
-from tests.data_fixtures import synth_corpus  # noqa: F401  (session fixture)
+from data_fixtures import synth_corpus  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -173,7 +173,7 @@ def test_bad_codes_are_clear_errors() -> None:
         lm.compute_predictions(torch.full((1, 4, 5), 32), cond)
     with pytest.raises(ValueError, match=r"codes must lie"):
         lm.compute_predictions(torch.full((1, 4, 5), -3), cond)
-    with pytest.raises(ValueError, match="3 codebooks, this LM models 4"):
+    with pytest.raises(ValueError, match="3 codebooks, this LM expects 4"):
         lm.compute_predictions(torch.zeros(1, 3, 5, dtype=torch.long), cond)
     with pytest.raises(ValueError, match="cross-attention"):
         lm.compute_predictions(torch.zeros(1, 4, 5, dtype=torch.long))

@@ -130,8 +130,13 @@ def test_fit_resumes_from_last_checkpoint(token_shards: Path, tmp_path: Path) ->
     fit(recipe(token_shards, 30), run)
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 30
+    steps_before = [int(r["step"]) for r in csv.DictReader((run / "logs" / "metrics.csv").open()) if r["train/ce"]]
     summary = fit(recipe(token_shards, 40), run)  # same run directory: continues from step 30
     assert summary["global_step"] == 40
+    # the metrics of the first 30 steps are kept, each training step is logged once
+    steps = [int(r["step"]) for r in csv.DictReader((run / "logs" / "metrics.csv").open()) if r["train/ce"]]
+    assert steps[: len(steps_before)] == steps_before and max(steps_before) < 30 <= max(steps)
+    assert len(steps) == len(set(steps)) and steps == sorted(steps)
 
 
 def test_padding_and_invalid_positions_do_not_reach_the_loss() -> None:
@@ -154,4 +159,45 @@ def test_wrong_shards_for_the_model_is_a_clear_error(token_shards: Path, tmp_pat
     bad = recipe(token_shards, 5)
     bad["model"]["card"] = 2048
     with pytest.raises(ValueError, match="token shards hold 4 codebooks x 256"):
+        fit(bad, tmp_path / "run")
+
+
+def test_ema_weights_and_validation_samples(token_shards: Path, tmp_path: Path) -> None:
+    """With `ema:` the checkpoint and the export hold the averaged weights (the live ones are kept for
+    resuming); with `samples:` every validation writes generated clips + spectrograms next to references."""
+    run = tmp_path / "run"
+    r = recipe(token_shards, 20)
+    r["ema"] = {"decay": 0.9}
+    r["samples"] = {"count": 2, "seconds": 0.5, "top_k": 20}
+    r["trainer"]["val_every_n_batches"] = 10
+    fit(r, run)
+    media = run / "logs" / "media"
+    for step in (10, 20):
+        for i in range(2):
+            clip, rate = sf.read(media / f"val_samples_step{step}_{i}.wav")
+            assert rate == 32000 and clip.shape == (16000,) and np.abs(clip).max() > 0
+            assert (media / f"val_samples_step{step}_{i}.png").stat().st_size > 0
+            assert (media / f"val_samples_reference_step{step}_{i}.wav").is_file()
+
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    average, live = ckpt["state_dict"], ckpt["current_model_state"]
+    assert set(average) == set(live)
+    assert any(not torch.equal(average[k], live[k]) for k in average)
+    from safetensors.torch import load_file
+    exported = load_file(str(run / "export" / "model.safetensors"))
+    for name, value in exported.items():
+        assert torch.equal(value, average[name]), name
+
+    summary = fit({**r, "trainer": {**r["trainer"], "max_steps": 25}}, run)  # resumes live + average weights
+    assert summary["global_step"] == 25
+
+
+def test_lm_recipe_typos_are_errors(token_shards: Path, tmp_path: Path) -> None:
+    bad = recipe(token_shards, 5)
+    bad["conditioning"]["text_word_dropout"] = 0.3
+    with pytest.raises(ValueError, match=r"unknown keys in LM recipe section 'conditioning': \['text_word_dropout'\]"):
+        fit(bad, tmp_path / "run")
+    bad = recipe(token_shards, 5)
+    bad["sampels"] = {"count": 2}
+    with pytest.raises(ValueError, match="unknown LM recipe sections"):
         fit(bad, tmp_path / "run")

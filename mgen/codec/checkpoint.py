@@ -16,9 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from mgen.atomic import atomic_directory
 from mgen.codec.model import Codec, CodecConfig
+from mgen.export_dir import CONFIG_NAME, WEIGHTS_NAME, read_export_config
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 KIND = "mgen-codec"
 
 
@@ -72,12 +71,8 @@ def load_codec(path: str | Path, device: str | torch.device = "cpu") -> Codec:
         config_path = path / CONFIG_NAME
         if not config_path.is_file() or not (path / WEIGHTS_NAME).is_file():
             raise ValueError(f"{path}: an exported codec needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-        try:
-            meta = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_path}: not valid JSON ({err})") from err
-        if not isinstance(meta, dict) or meta.get("kind") != KIND:
-            kind = meta.get("kind", "unknown") if isinstance(meta, dict) else "unknown"
+        meta, kind = read_export_config(path)
+        if kind != KIND:
             raise ValueError(f"{path}: {CONFIG_NAME} describes a {kind!r} model, not a codec")
         codec = Codec(CodecConfig.from_dict(meta["codec"]))
         try:

@@ -17,6 +17,7 @@ from torch import nn
 
 from mgen.codec.quantizer import ResidualVectorQuantizer, RVQConfig
 from mgen.codec.seanet import SEANetConfig, SEANetDecoder, SEANetEncoder
+from mgen.codes import check_codes
 
 
 def _paper_32khz() -> "CodecConfig":
@@ -203,21 +204,8 @@ class Codec(nn.Module):
             warnings.warn("audio is entirely silent (all zeros)", RuntimeWarning, stacklevel=3)
 
     def _check_codes(self, codes: torch.Tensor) -> None:
-        if not isinstance(codes, torch.Tensor) or codes.dim() != 3:
-            shape = tuple(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
-            raise ValueError(f"codes must have shape [B, K, T], got {shape}")
-        if codes.dtype.is_floating_point or codes.dtype == torch.bool or codes.is_complex():
-            raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
-        if codes.shape[1] != self.num_codebooks:
-            raise ValueError(
-                f"codes have {codes.shape[1]} codebooks but the codec expects {self.num_codebooks} "
-                f"({self.config.quantizer.n_q} per channel x {self.channels} channel(s))"
-            )
-        if codes.shape[0] == 0 or codes.shape[-1] == 0:
-            raise ValueError(f"codes are empty: shape {tuple(codes.shape)}")
-        lo, hi = int(codes.min()), int(codes.max())
-        if lo < 0 or hi >= self.cardinality:
-            raise ValueError(f"code values must be in [0, {self.cardinality}), got min {lo} and max {hi}")
+        per_channel = f"{self.config.quantizer.n_q} per channel x {self.channels} channel(s)"
+        check_codes(codes, self.num_codebooks, self.cardinality, f"the codec ({per_channel})")
 
     # ---- inference ---------------------------------------------------------------------------------------
     def _mono_batch(self, wav: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""`mgen fit RECIPE`: train what a recipe describes (codec today; the LM with its issue)."""
+"""`mgen fit RECIPE`: train what a recipe describes (`task: codec` or `task: lm`)."""
 
 from __future__ import annotations
 

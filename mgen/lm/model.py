@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from mgen.lm.patterns import PatternProvider, make_pattern
 from mgen.lm.transformer import LayerCache, KVCache, TransformerLayer, sinusoidal_embedding
+from mgen.codes import check_codes
 
 # name -> (dim, num_heads, num_layers); ffn is 4*dim. The paper's "300M / 1.5B / 3.3B".
 SIZE_PRESETS: dict[str, tuple[int, int, int]] = {
@@ -195,18 +196,8 @@ class LM(nn.Module):
         return [LayerCache(KVCache(max_len)) for _ in self.layers]
 
     def check_codes(self, codes: Tensor) -> None:
-        """Raise a clear error for codes of the wrong shape or outside [0, card)."""
-        if codes.dim() != 3:
-            raise ValueError(f"codes must be [B, K, T], got shape {tuple(codes.shape)}")
-        if codes.shape[1] != self.cfg.n_q:
-            raise ValueError(f"codes have {codes.shape[1]} codebooks, this LM models {self.cfg.n_q}")
-        if codes.dtype.is_floating_point:
-            raise ValueError(f"codes must be integers, got {codes.dtype}")
-        if codes.numel():
-            lo, hi = int(codes.min()), int(codes.max())
-            if lo < 0 or hi > self.cfg.card - 1:
-                raise ValueError(f"codes must lie in [0, {self.cfg.card - 1}] (cardinality {self.cfg.card}); "
-                                 f"found values in [{lo}, {hi}]")
+        """Raise a clear error for codes of the wrong shape or outside [0, card) (an empty prompt is fine)."""
+        check_codes(codes, self.cfg.n_q, self.cfg.card, "this LM", allow_empty=True)
 
     # --------------------------------------------------------------------------------------- forward
     def forward(self, sequence: Tensor, conditioning: Conditioning | None = None,

@@ -32,6 +32,7 @@ from mgen.codec.discriminator import MultiScaleSTFTDiscriminator
 from mgen.codec.losses import (LossBalancer, MultiScaleMelLoss, feature_matching_loss, hinge_discriminator_loss,
                                hinge_generator_loss, l1_waveform_loss, si_snr)
 from mgen.codec.model import Codec, CodecConfig
+from mgen.recipes import recipe_section
 from mgen.train.media import log_audio_examples
 
 KNOWN_LOSSES = ("adv", "feat", "l1", "msspec")
@@ -279,12 +280,7 @@ RECIPE_SECTIONS = {"task", "model", "train", "data", "trainer", "ema", "logging"
 
 
 def _section(recipe: dict[str, Any], name: str, known: set[str] | None = None) -> dict[str, Any]:
-    value = recipe.get(name) or {}
-    if not isinstance(value, dict):
-        raise ValueError(f"codec recipe section {name!r} must be a mapping, got {type(value).__name__}")
-    if known is not None and set(value) - known:
-        raise ValueError(f"unknown keys in codec recipe section {name!r}: {sorted(set(value) - known)}")
-    return dict(value)
+    return recipe_section(recipe, name, known, kind="codec")
 
 
 def codec_config_from_recipe(recipe: dict[str, Any]) -> CodecConfig:

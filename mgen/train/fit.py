@@ -2,9 +2,9 @@
 
 A run directory holds everything a run makes: `recipe.yaml` (the resolved recipe), `checkpoints/`
 (`last.ckpt` and periodic ones), `logs/` (CSV, and W&B when asked), `export/` (the final model in the
-documented format). Re-running the same command resumes from `checkpoints/last.ckpt`; under Slurm,
-Lightning's SLURM environment saves an `hpc_ckpt_*.ckpt` on the pre-emption signal, requeues the job, and
-the restarted job resumes from it.
+documented format). Re-running the same command resumes from the most advanced checkpoint of the run:
+`checkpoints/last.ckpt` or an `hpc_ckpt_N.ckpt` written on a Slurm pre-emption signal (see
+`SlurmPreemption`: the ranks stop together at a step boundary, save, and the job requeues itself).
 """
 
 from __future__ import annotations
@@ -12,15 +12,18 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from mgen.recipes import load_recipe
+from mgen.train.loggers import make_loggers
+from mgen.train.preemption import SlurmPreempted, SlurmPreemption, requeue_job, resume_path
 
 # recipe `task:` -> module with build(recipe, run_dir) -> (module, datamodule, callbacks),
 # trainer_options(recipe, datamodule, world_size) -> Trainer kwargs, and export(module, trainer, run_dir)
@@ -47,15 +50,6 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
     return recipe
 
 
-def make_loggers(run_dir: Path, recipe: dict[str, Any], wandb: bool) -> list[Logger]:
-    loggers: list[Logger] = [CSVLogger(str(run_dir / "logs"), name="", version="")]
-    if wandb or recipe.get("logger", {}).get("wandb"):
-        project = recipe.get("logger", {}).get("project", "mgen")
-        loggers.append(WandbLogger(project=project, name=run_dir.name, save_dir=str(run_dir / "logs"),
-                                   offline=os.environ.get("WANDB_MODE") == "offline"))
-    return loggers
-
-
 def _device_count(devices: int | str, accelerator: str) -> int:
     if isinstance(devices, int):
         return devices
@@ -64,15 +58,24 @@ def _device_count(devices: int | str, accelerator: str) -> int:
     return 1
 
 
-def _resume_path(run_dir: Path) -> str | None:
-    last = run_dir / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else None
-
-
 def fit(recipe: dict[str, Any] | str | Path, run_dir: str | Path, data: str | None = None,
         overrides: list[str] | None = None, devices: int | str = "auto", num_nodes: int = 1,
         accelerator: str = "auto", wandb: bool = False, resume: bool = True) -> dict[str, Any]:
-    """Train what the recipe describes; returns a summary (paths, metrics)."""
+    """Train what the recipe describes; returns a summary (paths, metrics; `preempted` under Slurm when the
+    run stopped on the pre-emption signal and was requeued instead of exported)."""
+    # signal handlers can only be set from the main thread; elsewhere Slurm's signal keeps its default action
+    main_thread = threading.current_thread() is threading.main_thread()
+    preemption = SlurmPreemption(Path(run_dir)) if SLURMEnvironment.detect() and main_thread else None
+    try:
+        return _fit(recipe, run_dir, data, overrides, devices, num_nodes, accelerator, wandb, resume, preemption)
+    finally:
+        if preemption is not None:
+            preemption.uninstall()
+
+
+def _fit(recipe: dict[str, Any] | str | Path, run_dir: str | Path, data: str | None,
+         overrides: list[str] | None, devices: int | str, num_nodes: int, accelerator: str, wandb: bool,
+         resume: bool, preemption: SlurmPreemption | None) -> dict[str, Any]:
     recipe = load_recipe(recipe) if not isinstance(recipe, dict) else recipe
     recipe = apply_overrides(recipe, overrides or [])
     if data is not None:
@@ -100,14 +103,25 @@ def fit(recipe: dict[str, Any] | str | Path, run_dir: str | Path, data: str | No
     }
     world_size = _device_count(devices, accelerator) * num_nodes
     options.update(builder.trainer_options(recipe, datamodule, world_size))
+    if preemption is not None:  # our pre-emption handling replaces Lightning's (see SlurmPreemption)
+        options["plugins"] = [SLURMEnvironment(auto_requeue=False)]
+        callbacks = [*callbacks, preemption]
+    found = resume_path(run_dir) if resume else None
+    ckpt, resumed_at = found if found else (None, None)
+    if found:
+        print(f"[mgen fit] resuming from {ckpt} (global step {resumed_at})")
     trainer = L.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, num_sanity_val_steps=0,
-        default_root_dir=str(run_dir), logger=make_loggers(run_dir, recipe, wandb), callbacks=callbacks,
+        default_root_dir=str(run_dir), logger=make_loggers(run_dir, recipe, wandb, resumed_at), callbacks=callbacks,
         enable_progress_bar=trainer_cfg.get("progress_bar", True), **options)
-    ckpt = _resume_path(run_dir) if resume else None
-    if ckpt:
-        print(f"[mgen fit] resuming from {ckpt}")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    except SlurmPreempted:
+        assert preemption is not None and preemption.saved is not None
+        print(f"[mgen fit] pre-empted at global step {preemption.step}: saved {preemption.saved}")
+        requeued = requeue_job() if trainer.is_global_zero else None
+        return {"run_dir": str(run_dir), "export": None, "global_step": preemption.step, "metrics": {},
+                "preempted": True, "checkpoint": str(preemption.saved), "requeued": requeued}
     export_dir = builder.export(module, trainer, run_dir)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     return {"run_dir": str(run_dir), "export": str(export_dir) if export_dir else None,

@@ -82,7 +82,9 @@ class LMModule(L.LightningModule):
         self.lm = LM(self.lm_cfg)
         self.conditioner = build_condition_provider(self.cond_cfg, self.lm_cfg.dim)
         self.codec_path = codec_path
-        self._codec = None  # frozen, outside the state dict: loaded on demand for audio batches
+        # The frozen codec (for audio batches and validation samples) loads on demand and is kept in __dict__,
+        # not as a submodule: checkpoints, EMA copies and the optimiser never see it.
+        self.__dict__["_codec"] = None
         self._last_time: float | None = None
 
     # ---------------------------------------------------------------------------------------- inputs
@@ -93,8 +95,8 @@ class LMModule(L.LightningModule):
                                  "shards from `mgen prep tokenize`)")
             from mgen.codec.checkpoint import load_codec  # noqa: PLC0415
 
-            self._codec = load_codec(self.codec_path, device=self.device).requires_grad_(False)
-        return self._codec
+            self.__dict__["_codec"] = load_codec(self.codec_path, device=self.device).requires_grad_(False)
+        return self._codec.to(self.device)
 
     def tokens_of(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes [B, K, T], frame padding mask [B, T]) from a token or an audio batch."""
@@ -183,3 +185,40 @@ class LMModule(L.LightningModule):
                                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_lambda)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --------------------------------------------------------------------- sharded training (FSDP2)
+    # `trainer.strategy: fsdp` gives the module a device mesh (Lightning's ModelParallelStrategy); everything
+    # about sharding lives in `mgen.train.parallel`. Without a mesh (one device, DDP) these hooks change nothing.
+    def configure_model(self) -> None:
+        """Shard the LM over the device mesh (blocks, then the root); a no-op without a mesh."""
+        if self.device_mesh is not None:
+            from mgen.train import parallel  # noqa: PLC0415
+
+            parallel.shard_lm(self, self.device_mesh, getattr(self.trainer.strategy, "fsdp_plan", None))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """FSDP reduces the LM's gradients; the replicated conditioner projections are averaged here."""
+        if self.device_mesh is not None:
+            from mgen.train import parallel  # noqa: PLC0415
+
+            parallel.average_replicated_gradients(self, self.device_mesh)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Lightning's clipping cannot mix sharded and plain gradients: under FSDP clip by the global norm here."""
+        if self.device_mesh is None:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        if gradient_clip_algorithm not in (None, "norm"):
+            raise ValueError(f"under FSDP the LM clips gradients by norm only, got {gradient_clip_algorithm!r}")
+        if gradient_clip_val:
+            from mgen.train import parallel  # noqa: PLC0415
+
+            parallel.clip_grad_norm_(self.parameters(), float(gradient_clip_val))
+
+    def on_fit_end(self) -> None:
+        """After sharded training rank 0 gathers the full LM, so that the export and inference see plain weights."""
+        if self.device_mesh is not None:
+            from mgen.train import parallel  # noqa: PLC0415
+
+            parallel.gather_lm_for_export(self)

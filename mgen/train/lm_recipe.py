@@ -2,24 +2,66 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from safetensors.torch import save_file
 
-from mgen.atomic import atomic_directory
-from mgen.codec.checkpoint import load_codec, save_codec
+from mgen.codec.checkpoint import load_codec
 from mgen.data import SkippedSamplesMonitor, lm_datamodule
-from mgen.musicgen import EXPORT_KIND
-from mgen.recipes import lm_config_from_recipe
-from mgen.train.lm_module import LMModule
+from mgen.recipes import lm_config_from_recipe, recipe_section
+from mgen.train.lm_export import write_lm_export
+from mgen.train.lm_ema import LMWeightAverage
+from mgen.train.lm_module import ConditioningConfig, LMModule, LMTrainConfig
+from mgen.train.lm_samples import ValidationSamples
+from mgen.train.parallel import lm_strategy_options
 
+RECIPE_SECTIONS = {"task", "seed", "model", "codec", "conditioning", "optim", "data", "trainer", "ema", "samples",
+                   "logger"}
+DATA_KEYS = {"shards", "segment_seconds", "global_batch_size", "num_workers", "resampled", "epoch_length",
+             "max_batch_per_device", "chroma"}
+TRAINER_KEYS = {"max_steps", "precision", "val_every_n_batches", "limit_val_batches", "log_every_n_steps",
+                "checkpoint_every_n_steps", "progress_bar", "strategy", "fsdp"}
+EMA_KEYS = {"decay", "every_n_steps", "start_step"}
+SAMPLES_KEYS = {"count", "seconds", "every_n_validations", "cfg_coef", "top_k", "temperature"}
+
+
+def check_recipe(recipe: dict[str, Any]) -> None:
+    """Every section and key of an LM recipe is one mgen reads: a typo is an error, not a silent default."""
+    unknown = set(recipe) - RECIPE_SECTIONS
+    if unknown:
+        raise ValueError(f"unknown LM recipe sections {sorted(unknown)}; known: {sorted(RECIPE_SECTIONS)}")
+    sections = {"conditioning": {f.name for f in fields(ConditioningConfig)},
+                "optim": {f.name for f in fields(LMTrainConfig)}, "data": DATA_KEYS, "trainer": TRAINER_KEYS,
+                "ema": EMA_KEYS, "samples": SAMPLES_KEYS, "logger": {"wandb", "project"}}
+    for name, known in sections.items():
+        recipe_section(recipe, name, known, kind="LM")
+
+
+def lm_callbacks(recipe: dict[str, Any], run_dir: Path) -> list[L.Callback]:
+    """Checkpoints, learning rate, skipped samples; EMA of the weights and validation samples when asked."""
+    every = int(recipe_section(recipe, "trainer").get("checkpoint_every_n_steps", 500))
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, every_n_train_steps=every,
+                        save_top_k=-1),
+        LearningRateMonitor(logging_interval="step"),
+        SkippedSamplesMonitor(),
+    ]
+    ema = recipe_section(recipe, "ema", EMA_KEYS)
+    if ema.get("decay"):
+        callbacks.append(LMWeightAverage(decay=float(ema["decay"]),
+                                        update_every_n_steps=int(ema.get("every_n_steps", 1)),
+                                        update_starting_at_step=ema.get("start_step")))
+    samples = recipe_section(recipe, "samples", SAMPLES_KEYS)
+    if samples.get("count", 0):
+        callbacks.append(ValidationSamples(**samples, seed=int(recipe.get("seed", 0))))
+    return callbacks
 
 
 def build(recipe: dict[str, Any], run_dir: Path) -> tuple[LMModule, L.LightningDataModule, list[L.Callback]]:
+    check_recipe(recipe)
     data = recipe.get("data", {})
     datamodule = lm_datamodule(
         data["shards"], segment_seconds=float(data.get("segment_seconds", 30.0)),
@@ -35,37 +77,24 @@ def build(recipe: dict[str, Any], run_dir: Path) -> tuple[LMModule, L.LightningD
     module = LMModule(lm_cfg.to_dict(), recipe.get("conditioning", {}), recipe.get("optim", {}),
                       codec_path=codec_path)
     module.hparams["train_segment_seconds"] = datamodule.segment_seconds
-    trainer_cfg = recipe.get("trainer", {})
-    every = int(trainer_cfg.get("checkpoint_every_n_steps", 500))
-    callbacks: list[L.Callback] = [
-        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, every_n_train_steps=every,
-                        save_top_k=-1),
-        LearningRateMonitor(logging_interval="step"),
-        SkippedSamplesMonitor(),
-    ]
-    return module, datamodule, callbacks
+    return module, datamodule, lm_callbacks(recipe, run_dir)
 
 
 def trainer_options(recipe: dict[str, Any], datamodule: L.LightningDataModule, world_size: int) -> dict[str, Any]:
-    """Trainer arguments the LM run derives from the recipe and the data: steps, accumulation, clipping."""
+    """Trainer arguments the LM run derives from the recipe and the data: steps, accumulation, clipping, and the
+    multi-device strategy (`trainer.strategy`: auto | ddp | fsdp, see `mgen.train.parallel`)."""
     trainer_cfg = recipe.get("trainer", {})
     optim = recipe.get("optim", {})
     return {"max_steps": int(trainer_cfg.get("max_steps", optim.get("total_steps", 1_000_000))),
             "accumulate_grad_batches": datamodule.batch_plan(world_size).accumulate,
-            "gradient_clip_val": optim.get("max_grad_norm", 1.0)}
+            "gradient_clip_val": optim.get("max_grad_norm", 1.0),
+            **lm_strategy_options(recipe, world_size)}
 
 
 def export(module: LMModule, trainer: L.Trainer, run_dir: Path) -> Path | None:
-    """config.json (LM, conditioning, training window) + model.safetensors (trainable weights) + codec/ (the
-    codec export, when the run knows its codec): what `mgen.MusicGen.load` reads. Written by rank 0."""
+    """RUN/export in the format `mgen export` writes too (`mgen.train.lm_export`), which `mgen.MusicGen.load`
+    reads: config + weights + codec/ (when the run knows its codec) + the text encoder. Written by rank 0."""
     if not trainer.is_global_zero:
         return None
-    target = run_dir / "export"
-    with atomic_directory(target) as tmp:
-        config = {"kind": EXPORT_KIND, **{k: v for k, v in dict(module.hparams).items() if k != "codec_path"}}
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
-        if module.codec_path:
-            save_codec(load_codec(module.codec_path), tmp / "codec")
-    return target
+    codec = load_codec(module.codec_path) if module.codec_path else None
+    return write_lm_export(run_dir / "export", dict(module.hparams), module.lm, module.conditioner, codec)
