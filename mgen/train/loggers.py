@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -50,6 +51,7 @@ class ResumableCSVLogger(CSVLogger):
         self.resumed_at = resumed_at
 
     @property
+    @rank_zero_experiment  # as in CSVLogger: only rank 0 touches the file
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
