@@ -22,6 +22,7 @@ from mgen.codec.checkpoint import load_codec
 from mgen.codec.model import Codec
 from mgen.export_dir import WEIGHTS_NAME, read_export_config
 from mgen.conditioning import ConditionProvider
+from mgen.conditioning.provider import ConditioningConfig, build_condition_provider
 from mgen.lm.generate import ProgressFn, SamplingParams, generate
 from mgen.lm.model import LM, LMConfig
 
@@ -66,8 +67,6 @@ class MusicGen:
         """Build from an export config (`lm`, `conditioning`, `train_segment_seconds`) and the `lm.*` /
         `conditioner.*` weights: what an export and an LM training checkpoint both hold. `where` names the
         source in errors."""
-        from mgen.train.lm_module import ConditioningConfig, build_condition_provider  # noqa: PLC0415
-
         try:
             lm = LM(LMConfig.from_dict(dict(config["lm"])))
             cond_cfg = ConditioningConfig(**(config.get("conditioning") or {}))

@@ -9,7 +9,7 @@ import torch
 from mgen.codec.model import Codec
 from mgen.lm.model import LM, LMConfig
 from mgen.musicgen import MusicGen
-from mgen.train.lm_module import ConditioningConfig, build_condition_provider
+from mgen.conditioning.provider import ConditioningConfig, build_condition_provider
 
 RATE = 32000
 

@@ -36,7 +36,8 @@ def test_lm_recipes_are_runnable(path: str) -> None:
     """Every shipped LM recipe passes `mgen fit`'s checks: known sections and keys, valid configs."""
     from dataclasses import fields
 
-    from mgen.train.lm_module import ConditioningConfig, LMTrainConfig
+    from mgen.conditioning.provider import ConditioningConfig
+    from mgen.train.lm_module import LMTrainConfig
     from mgen.train.lm_recipe import check_recipe
     from mgen.train.parallel import lm_strategy_options
 

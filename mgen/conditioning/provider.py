@@ -11,6 +11,7 @@ unconditional branch of CFG.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -115,3 +116,27 @@ class ConditionProvider(nn.Module):
             else:
                 conditions[name] = conditioner.null(batch_size)
         return self.fuser(conditions)
+
+
+@dataclass
+class ConditioningConfig:
+    """Which conditioners the LM uses; `text_encoder` is a local path, an HF cache name, or None for the
+    packaged offline MiniLM."""
+
+    text: bool = True
+    text_encoder: str | None = None
+    word_dropout: float = 0.3
+    melody: bool = False
+    melody_frame_rate: float | None = None
+    cfg_dropout: float | None = None  # None: 0.3 text-only, 0.2 with melody (published)
+    attribute_dropout: dict[str, float] | None = None
+    per_sample_dropout: bool = False
+    fuse: dict[str, str] | None = field(default=None)
+
+
+def build_condition_provider(cfg: ConditioningConfig, dim: int) -> ConditionProvider:
+    """The provider a training run or an export describes (plain torch: inference needs no Lightning)."""
+    text = TextConditioner(dim, cfg.text_encoder, word_dropout=cfg.word_dropout) if cfg.text else None
+    melody = MelodyConditioner(dim, frame_rate=cfg.melody_frame_rate) if cfg.melody else None
+    return ConditionProvider(text=text, melody=melody, fuse=cfg.fuse, cfg_dropout=cfg.cfg_dropout,
+                             attribute_dropout=cfg.attribute_dropout, per_sample=cfg.per_sample_dropout)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
 import torch
 
-from mgen.conditioning import MELODY, ConditionProvider, MelodyConditioner, TextConditioner
+from mgen.conditioning import MELODY, MelodyConditioner
+from mgen.conditioning.provider import ConditioningConfig, build_condition_provider
 from mgen.lm.model import LM, Conditioning, LMConfig, count_parameters, cross_entropy_per_codebook
 
 
@@ -40,29 +41,6 @@ class LMTrainConfig:
         self.betas = tuple(self.betas)
         if self.optimizer != "adamw" or self.schedule != "cosine":
             raise ValueError(f"mgen trains the LM with adamw + cosine, got {self.optimizer} + {self.schedule}")
-
-
-@dataclass
-class ConditioningConfig:
-    """Which conditioners the LM uses; `text_encoder` is a local path, an HF cache name, or None for the
-    packaged offline MiniLM."""
-
-    text: bool = True
-    text_encoder: str | None = None
-    word_dropout: float = 0.3
-    melody: bool = False
-    melody_frame_rate: float | None = None
-    cfg_dropout: float | None = None  # None: 0.3 text-only, 0.2 with melody (published)
-    attribute_dropout: dict[str, float] | None = None
-    per_sample_dropout: bool = False
-    fuse: dict[str, str] | None = field(default=None)
-
-
-def build_condition_provider(cfg: ConditioningConfig, dim: int) -> ConditionProvider:
-    text = TextConditioner(dim, cfg.text_encoder, word_dropout=cfg.word_dropout) if cfg.text else None
-    melody = MelodyConditioner(dim, frame_rate=cfg.melody_frame_rate) if cfg.melody else None
-    return ConditionProvider(text=text, melody=melody, fuse=cfg.fuse, cfg_dropout=cfg.cfg_dropout,
-                             attribute_dropout=cfg.attribute_dropout, per_sample=cfg.per_sample_dropout)
 
 
 def lm_flops_per_token(cfg: LMConfig, seq_len: int) -> float:

@@ -14,7 +14,8 @@ from mgen.data import SkippedSamplesMonitor, lm_datamodule
 from mgen.recipes import lm_config_from_recipe, recipe_section
 from mgen.train.lm_export import write_lm_export
 from mgen.train.lm_ema import LMWeightAverage
-from mgen.train.lm_module import ConditioningConfig, LMModule, LMTrainConfig
+from mgen.conditioning.provider import ConditioningConfig
+from mgen.train.lm_module import LMModule, LMTrainConfig
 from mgen.train.lm_samples import ValidationSamples
 from mgen.train.parallel import lm_strategy_options
 
