@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from mgen.atomic import atomic_directory
 from mgen.codec.model import Codec, CodecConfig
+from mgen.errors import first_line
 from mgen.export_dir import CONFIG_NAME, WEIGHTS_NAME, read_export_config
 
 KIND = "mgen-codec"
@@ -35,7 +36,7 @@ def _from_lightning(path: Path) -> Codec:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file, or one that needs pickled code
-        raise ValueError(f"{path}: cannot be read as a checkpoint with weights_only=True ({_first_line(err)})") from err
+        raise ValueError(f"{path}: cannot be read as a checkpoint with weights_only=True ({first_line(err)})") from err
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: not a codec checkpoint (holds a {type(ckpt).__name__}, not a training checkpoint)")
     hparams = ckpt.get("hyper_parameters") or {}
@@ -53,13 +54,8 @@ def _from_lightning(path: Path) -> Codec:
     try:
         codec.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"{path}: codec weights do not match its config: {_first_line(err)}") from err
+        raise ValueError(f"{path}: codec weights do not match its config: {first_line(err)}") from err
     return codec
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else type(err).__name__
 
 
 def load_codec(path: str | Path, device: str | torch.device = "cpu") -> Codec:
@@ -78,7 +74,7 @@ def load_codec(path: str | Path, device: str | torch.device = "cpu") -> Codec:
         try:
             codec.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
         except Exception as err:  # safetensors errors (truncated file) and shape mismatches
-            raise ValueError(f"{path}: cannot load {WEIGHTS_NAME}: {_first_line(err)}") from err
+            raise ValueError(f"{path}: cannot load {WEIGHTS_NAME}: {first_line(err)}") from err
     else:
         codec = _from_lightning(path)
     return codec.to(device).eval()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mgen.errors import first_line
+
 DEFAULT_SUBTYPE = "PCM_16"
 
 
@@ -41,7 +43,7 @@ def read_audio(path: Path, sample_rate: int, channels: int, *, convert_channels:
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises several types for unreadable input
-        raise ValueError(f"{path}: not readable as audio ({str(err).strip().splitlines()[0][:200]})") from err
+        raise ValueError(f"{path}: not readable as audio ({first_line(err, 200)})") from err
     if audio.shape[0] == 0:
         raise ValueError(f"{path}: contains no audio frames")
     if not np.isfinite(audio).all():
@@ -92,7 +94,7 @@ def read_codes(path: Path, num_codebooks: int, cardinality: int) -> np.ndarray:
     try:
         codes = np.load(path, allow_pickle=False)
     except Exception as err:  # pickled objects, truncated or non-npy files
-        raise ValueError(f"{path}: not a .npy array of codes ({str(err).strip().splitlines()[0][:200]})") from err
+        raise ValueError(f"{path}: not a .npy array of codes ({first_line(err, 200)})") from err
     if not isinstance(codes, np.ndarray) or codes.ndim != 2:
         raise ValueError(f"{path}: codes must have shape [K, T] (codebooks x frames), got {np.shape(codes)}")
     if not np.issubdtype(codes.dtype, np.integer):

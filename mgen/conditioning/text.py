@@ -29,7 +29,7 @@ from mgen.conditioning.base import ConditionTensors
 
 DEFAULT_ENCODER = "minilm"
 _MINILM_ALIASES = {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
-_T5_ENCODERS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+T5_ENCODERS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
 # A tokenizer with fewer ordinary tokens than this is a broken load (transformers 5 can return one holding only its
 # special tokens without raising when the vocabulary files are missing), never a real text vocabulary.
 _MIN_VOCAB = 16
@@ -65,8 +65,8 @@ def load_text_encoder(name_or_path: str | Path | None) -> tuple[Any, nn.Module]:
     try:
         config = transformers.AutoConfig.from_pretrained(location, local_files_only=True)
         tokenizer = transformers.AutoTokenizer.from_pretrained(location, local_files_only=True)
-        if config.model_type in _T5_ENCODERS:
-            encoder = getattr(transformers, _T5_ENCODERS[config.model_type]).from_pretrained(
+        if config.model_type in T5_ENCODERS:
+            encoder = getattr(transformers, T5_ENCODERS[config.model_type]).from_pretrained(
                 location, local_files_only=True)
         else:
             encoder = transformers.AutoModel.from_pretrained(location, local_files_only=True)

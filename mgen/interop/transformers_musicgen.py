@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from mgen.atomic import atomic_directory
 from mgen.conditioning import TEXT
+from mgen.conditioning.text import T5_ENCODERS
 
 if TYPE_CHECKING:
     from mgen.musicgen import MusicGen
 
-T5_FAMILY = ("t5", "mt5", "umt5")
+T5_FAMILY = tuple(T5_ENCODERS)  # model types whose encoder loads as transformers' text_encoder
 
 
 def _text_conditioner(model: "MusicGen") -> Any:

@@ -27,6 +27,7 @@ from mgen.atomic import atomic_directory
 from mgen.codec.checkpoint import KIND as CODEC_KIND
 from mgen.codec.checkpoint import load_codec, save_codec
 from mgen.codec.model import Codec
+from mgen.errors import first_line
 from mgen.export_dir import CONFIG_NAME, WEIGHTS_NAME, read_export_config
 from mgen.conditioning import TEXT, ConditionProvider, TextConditioner
 from mgen.conditioning.text import packaged_minilm_path, resolve_encoder
@@ -36,11 +37,6 @@ from mgen.musicgen import EXPORT_KIND, MusicGen
 CODEC_DIR = "codec"
 TEXT_ENCODER_DIR = "text_encoder"
 DEFAULT_CKPT = "last.ckpt"
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:300] if lines else type(err).__name__
 
 
 def _is_packaged_minilm(name: str) -> bool:
@@ -92,7 +88,7 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated / corrupt files, or files that need pickled code
         raise ValueError(f"{path}: cannot be read as a checkpoint with weights_only=True (corrupt, truncated or "
-                         f"not a torch checkpoint: {_first_line(err)})") from err
+                         f"not a torch checkpoint: {first_line(err)})") from err
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or not isinstance(state, dict):

@@ -19,6 +19,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from mgen.errors import first_line
+
 HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # pre-emption checkpoints in the run directory (Lightning's naming)
 
 
@@ -27,8 +29,8 @@ def _checkpoint_step(path: Path) -> int | None:
     try:
         return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     except Exception as err:  # noqa: BLE001 - a file cut short by a kill must not stop the resume
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        warnings.warn(f"{path}: not a readable checkpoint ({reason}); not resuming from it", stacklevel=2)
+        warnings.warn(f"{path}: not a readable checkpoint ({first_line(err, 200)}); not resuming from it",
+                      stacklevel=2)
         return None
 
 
