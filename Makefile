@@ -16,7 +16,7 @@ CLAP_VENV := .venv-clap
 install: $(STAMP)
 
 # On machines without an NVIDIA GPU, install the CPU torch wheel first so that no multi-GB CUDA build is pulled.
-$(STAMP): pyproject.toml data_prep/install_system_deps.sh
+$(STAMP): pyproject.toml data_prep/install_system_deps.sh scripts/fetch_reference_packages.sh
 	bash data_prep/install_system_deps.sh
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -27,6 +27,7 @@ $(STAMP): pyproject.toml data_prep/install_system_deps.sh
 		$(PY) -m pip install -q "torch==$(TORCH_CPU_VERSION)"; \
 	fi
 	$(PY) -m pip install -q -e ".[dev,xformers]"
+	PYTHON=$(PY) bash scripts/fetch_reference_packages.sh
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -39,7 +40,8 @@ $(CLAP_VENV)/.mgen-clap-installed: scripts/make_clap_venv.sh
 	bash scripts/make_clap_venv.sh --force
 
 test-clap: $(CLAP_VENV)/.mgen-clap-installed
-	MGEN_REQUIRE_CLAP=1 $(CLAP_VENV)/bin/python -m pytest -q tests/test_conditioning_clap.py tests/test_conditioning_melody.py
+	MGEN_REQUIRE_CLAP=1 $(CLAP_VENV)/bin/python -m pytest -q tests/test_conditioning_clap.py tests/test_conditioning_melody.py \
+		tests/test_metrics_clap_laion.py
 
 demo: $(STAMP)
 	$(PY) -m mgen.cli demo --out outputs/demo

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from mgen.audio import resample, to_channels  # noqa: F401 - re-exported: one implementation for mgen and data_prep
+
 # Sample rates we accept as a target. Below 1 kHz nothing musical survives; above 384 kHz no codec or soundcard
 # goes, so such a number is almost certainly a typo (e.g. 32000000).
 MIN_SAMPLE_RATE = 1000
@@ -71,25 +73,6 @@ def read_segment(path: str | Path, start_frame: int = 0, num_frames: int | None 
     if not np.isfinite(data).all():
         raise AudioError("audio contains NaN or Inf samples")
     return data, int(rate)
-
-
-def to_channels(audio: np.ndarray, channels: int) -> np.ndarray:
-    """Mix down to mono by averaging, or up to stereo by duplicating; >2 channels are averaged first."""
-    have = audio.shape[1]
-    if have == channels:
-        return audio
-    mono = audio.mean(axis=1, keepdims=True)
-    return mono if channels == 1 else np.repeat(mono, 2, axis=1)
-
-
-def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
-    """High-quality band-limited resampling (libsoxr 'HQ'), per channel; identity when rates match."""
-    if rate_in == rate_out:
-        return audio
-    import soxr
-
-    out = soxr.resample(np.ascontiguousarray(audio, dtype=np.float32), rate_in, rate_out, quality="HQ")
-    return np.asarray(out, dtype=np.float32).reshape(-1, audio.shape[1])
 
 
 def rms_db(audio: np.ndarray) -> float:

@@ -24,11 +24,15 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "shards", help="write audio + captions into WebDataset tar shards with a shards.json index",
         description="Inputs: folders of audio with .json/.txt caption sidecars, CSV/JSONL manifests "
-                    "(path, caption, ...), or audiocraft data.jsonl manifests. Resumable: re-run the same command "
-                    "to finish an interrupted run. Job array: --task-index/--num-tasks (default from "
+                    "(path, caption, ...), audiocraft data.jsonl manifests, or the MusicCaps CSV (ytid, start_s, "
+                    "end_s, caption) with --audio-dir holding your downloads of its clips. Resumable: re-run the "
+                    "same command to finish an interrupted run. Job array: --task-index/--num-tasks (default from "
                     "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT), then --merge.")
     p.add_argument("inputs", nargs="*", help="folders or manifests (.csv, .jsonl, .jsonl.gz)")
     p.add_argument("-o", "--out", required=True, help="output folder for shards, shards.json and report.jsonl")
+    p.add_argument("--audio-dir", default=None,
+                   help="the clips of a MusicCaps CSV, named <ytid>.<ext> or [<ytid>]-[<start>-<end>].<ext>: the "
+                        "10 s clips or whole recordings (cut at start_s); default: the CSV's folder")
     p.add_argument("--sample-rate", type=int, default=32000)
     p.add_argument("--channels", type=int, default=1, choices=(1, 2))
     p.add_argument("--segment-seconds", type=float, default=None, help="cut files into pieces of this length")
@@ -36,7 +40,9 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
                    help="drop shorter tails (default: half a segment; 0 without segmenting)")
     p.add_argument("--shard-max-mb", type=float, default=500.0, help="planned against 16-bit PCM size")
     p.add_argument("--shard-max-samples", type=int, default=10_000)
-    p.add_argument("--valid-fraction", type=float, default=0.05, help="fraction of source files in 'valid'")
+    p.add_argument("--valid-fraction", type=float, default=None,
+                   help="fraction of source files in 'valid' (default 0.05; MusicCaps clips all go to 'valid' "
+                        "unless this is given)")
     p.add_argument("--loudness-db", type=float, default=-20.0, help="RMS dBFS target per sample")
     p.add_argument("--no-loudness", action="store_true", help="keep input levels")
     p.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
@@ -85,13 +91,16 @@ def run_shards(args: argparse.Namespace) -> int:
         shard_max_mb=args.shard_max_mb, shard_max_samples=args.shard_max_samples,
         valid_fraction=args.valid_fraction, loudness_db=None if args.no_loudness else args.loudness_db,
         workers=args.workers, require_caption=args.require_caption, task_index=args.task_index,
-        num_tasks=args.num_tasks, verify=args.verify, progress=not args.no_progress)
+        num_tasks=args.num_tasks, verify=args.verify, progress=not args.no_progress, audio_dir=args.audio_dir)
     print(f"task {summary['task_index']}/{summary['num_tasks']}: {summary['shards_written']} shards written, "
           f"{summary['shards_resumed']} already done, {summary['samples']} samples, "
           f"{summary['seconds'] / 60:.1f} min of audio in {summary['wall_seconds']:.1f} s")
     if summary["problems"] or summary["skipped_samples"]:
         where = f"{args.out}/report.jsonl" if summary["num_tasks"] == 1 else "the partial index (report.jsonl after --merge)"
         print(f"skipped {summary['problems']} inputs and {summary['skipped_samples']} samples: see {where}")
+    if summary["missing_audio"]:
+        print(f"{summary['missing_audio']} MusicCaps clips have no audio file in {args.audio_dir or 'the CSV folder'}"
+              " (listed in report.jsonl)", file=sys.stderr)
     if summary["missing_captions"]:
         print(f"warning: {summary['missing_captions']} inputs have no caption", file=sys.stderr)
     if summary["num_tasks"] == 1:

@@ -4,12 +4,20 @@ The run is planned up front and deterministically: inputs are sorted, their head
 train/valid by a hash of the source path (all segments of one file land in the same split), cut into segments,
 and packed into numbered shards (``train-000000.tar``, ``valid-000000.tar``). Each shard is then written
 independently, to a temporary name renamed into place when complete, followed by a done marker
-(``done/<shard>.json``) that records its sha256 and the hash of its part of the plan. Re-running skips shards whose
-marker matches, so a killed run resumes where it stopped and a finished run is a no-op. A Slurm job array splits
-the shard plan round-robin across tasks; each task writes ``shards.task-XXXX.json`` and ``merge_indexes`` joins
-them into ``shards.json`` (the same file a single run writes).
+(``done/<shard>.json``) that records its sha256, its sample keys and the hash of its part of the plan. Re-running
+skips shards whose marker matches, so a killed run resumes where it stopped and a finished run is a no-op. A Slurm
+job array splits the shard plan round-robin across tasks; each task writes ``shards.task-XXXX.json`` and
+``merge_indexes`` joins them into ``shards.json`` (the same file a single run writes).
 
-Inputs that cannot be used are never fatal: they are listed with file and reason in ``report.jsonl``.
+Inputs that cannot be used are skipped and listed with file and reason in ``report.jsonl``; only a run in which
+no input gave a usable sample is an error (after writing the report), never an empty index.
+
+A MusicCaps row names a 10 s clip ``[start_s, end_s)`` of a YouTube recording, and users' downloads hold either
+the whole recording or the clip alone. The file's duration decides (``clip_bounds``): a file no longer than the
+clip + 0.5 s is the clip and is taken whole (up to the clip's length); a longer file that reaches ``end_s``
+(within 0.5 s) is the recording and the clip is cut from ``start_s``; anything else is reported and skipped.
+MusicCaps clips are never cut into segments, keep their ytid as sample key and go to ``valid`` unless a
+``valid_fraction`` is given (then the usual hash split applies to them too).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import re
 import tarfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +39,7 @@ from data_prep.atomic import remove_stale_tmp, write_atomic, write_bytes_atomic,
 from data_prep.audio_io import (AudioError, check_channels, check_sample_rate, encode_flac, normalize_loudness,
                                 probe, read_segment, resample, to_channels)
 from data_prep.sources import InputItem, Problem, discover
+from mgen.paths import check_output_dir
 
 INDEX_VERSION = 1
 INDEX_NAME = "shards.json"
@@ -39,6 +48,8 @@ DONE_DIR = "done"
 SPLITS = ("train", "valid")
 PEAK_DB = -1.0
 PROBE_POOL_MIN = 256
+DEFAULT_VALID_FRACTION = 0.05
+CLIP_TOLERANCE_S = 0.5  # downloaders' clips run a little long (container padding, cut on a frame boundary)
 
 
 class MissingCaptionError(ValueError):
@@ -101,6 +112,27 @@ def segment_bounds(duration: float, segment_seconds: float | None, min_segment_s
     return pieces
 
 
+def clip_bounds(clip: tuple[float, float], duration: float) -> tuple[float, float]:
+    """(start, length) in a file of the clip ``[start_s, end_s)`` of a recording: the file is the clip itself
+    or the whole recording, as its duration says (see the module docstring); ValueError when it is neither."""
+    start, end = clip
+    length = end - start
+    if duration <= length + CLIP_TOLERANCE_S:
+        return 0.0, round(min(duration, length), 6)
+    if duration >= end - CLIP_TOLERANCE_S:
+        return round(start, 6), round(min(length, duration - start), 6)
+    raise ValueError(f"{duration:.2f} s long: neither the {length:g} s clip nor a recording that reaches the "
+                     f"clip's end at {end:g} s")
+
+
+def item_bounds(item: InputItem, duration: float, config: dict[str, Any]) -> list[tuple[float, float]]:
+    """(start, length) of the samples one input gives: its clip, or the file cut into segments."""
+    if item.clip is None:
+        return segment_bounds(duration, config["segment_seconds"], config["min_segment_seconds"])
+    start, length = clip_bounds(item.clip, duration)
+    return [(start, length)] if length >= config["min_segment_seconds"] - 1e-9 else []
+
+
 def _probe_item(item: InputItem) -> tuple[InputItem, float | None, int | None, str | None]:
     try:
         info = probe(item.path)
@@ -127,15 +159,14 @@ def plan_shards(items: list[InputItem], durations: dict[str, float], config: dic
             current, size = [], 0.0
 
         for item in items:
-            if split_of(item.source, config["valid_fraction"]) != split or item.source not in durations:
+            if item.source not in durations or (item.split or split_of(item.source, config["valid_fraction"])) != split:
                 continue
-            bounds = segment_bounds(durations[item.source], config["segment_seconds"], config["min_segment_seconds"])
-            for index, (start, length) in enumerate(bounds):
+            for index, (start, length) in enumerate(item_bounds(item, durations[item.source], config)):
                 est = length * est_bytes_per_second + 2048
                 if current and (len(current) >= config["shard_max_samples"] or size + est > max_bytes):
                     close()
-                current.append(SampleSpec(sample_key(item.source, index), item.path, item.source, start, length,
-                                          item.caption or "", item.meta))
+                key = item.key or sample_key(item.source, index)
+                current.append(SampleSpec(key, item.path, item.source, start, length, item.caption or "", item.meta))
                 size += est
         close()
     return shards
@@ -177,6 +208,7 @@ def _write_shard(task: tuple[ShardPlan, str, dict[str, Any], str]) -> dict[str, 
     remove_stale_tmp(marker)
     skipped: list[dict[str, Any]] = []
     members: list[tuple[str, bytes]] = []
+    keys: list[str] = []
     seconds = 0.0
     for spec in shard.samples:
         try:
@@ -194,10 +226,12 @@ def _write_shard(task: tuple[ShardPlan, str, dict[str, Any], str]) -> dict[str, 
         }
         members.append((f"{spec.key}.flac", flac))
         members.append((f"{spec.key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str).encode()))
+        keys.append(spec.key)
         seconds += written
 
-    entry: dict[str, Any] = {"name": shard.name, "split": shard.split, "samples": len(members) // 2,
-                             "seconds": round(seconds, 6), "plan_hash": digest, "skipped": skipped}
+    # the marker lists the keys, so a reader of a damaged copy of the shard can name every sample it lost
+    entry: dict[str, Any] = {"name": shard.name, "split": shard.split, "samples": len(keys),
+                             "seconds": round(seconds, 6), "plan_hash": digest, "skipped": skipped, "keys": keys}
     if members:
         def writer(f) -> None:
             with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
@@ -281,23 +315,28 @@ def _config(sample_rate: int, channels: int, segment_seconds: float | None, min_
 
 def write_shards(inputs: str | Path | list[str | Path], out_dir: str | Path, sample_rate: int = 32000,
                  channels: int = 1, segment_seconds: float | None = None, shard_max_mb: float = 500.0,
-                 shard_max_samples: int = 10_000, valid_fraction: float = 0.05, loudness_db: float | None = -20.0,
-                 workers: int | None = None, require_caption: bool = False, task_index: int | None = None,
-                 num_tasks: int | None = None, min_segment_seconds: float | None = None, verify: bool = False,
-                 progress: bool = True) -> dict[str, Any]:
+                 shard_max_samples: int = 10_000, valid_fraction: float | None = None,
+                 loudness_db: float | None = -20.0, workers: int | None = None, require_caption: bool = False,
+                 task_index: int | None = None, num_tasks: int | None = None,
+                 min_segment_seconds: float | None = None, verify: bool = False, progress: bool = True,
+                 audio_dir: str | Path | None = None) -> dict[str, Any]:
     """Shard ``inputs`` into ``out_dir``; returns a summary (the index itself is in ``out_dir/shards.json``).
 
     ``loudness_db`` is an RMS dBFS target per sample (None keeps levels); ``shard_max_mb`` is planned against the
-    16-bit PCM size, an upper bound for the FLAC actually written. With a job array (``task_index``/``num_tasks``,
+    16-bit PCM size, an upper bound for the FLAC actually written. ``valid_fraction`` (default 0.05) of the
+    source files go to ``valid`` by a hash of their name; MusicCaps rows (clips in ``audio_dir``) all go to
+    ``valid`` unless ``valid_fraction`` is given. With a job array (``task_index``/``num_tasks``,
     defaulting from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT) this writes only the task's shards and a partial
     index; call ``merge_indexes`` once all tasks are done. A single run (one task) merges by itself.
     """
     start_time = time.perf_counter()
     config = _config(sample_rate, channels, segment_seconds, min_segment_seconds, shard_max_mb, shard_max_samples,
-                     valid_fraction, loudness_db)
+                     DEFAULT_VALID_FRACTION if valid_fraction is None else valid_fraction, loudness_db)
     task_index, num_tasks = task_from_env(task_index, num_tasks)
-    items, problems = discover(inputs)
-    out = Path(out_dir)
+    out = check_output_dir(out_dir)
+    items, problems = discover(inputs, audio_dir)
+    if valid_fraction is not None:  # an explicit fraction splits every input by its hash
+        items = [replace(item, split=None) for item in items]
     workers = max(1, int(workers or os.cpu_count() or 1))
     # A spawn pool costs about a second to start: only worth it for many headers or several shards.
     pool = mp.get_context("spawn").Pool(workers) if workers > 1 and len(items) >= PROBE_POOL_MIN else None
@@ -331,7 +370,7 @@ def write_shards(inputs: str | Path | list[str | Path], out_dir: str | Path, sam
                "num_shards_planned": len(plan), "config": config, "inputs": len(items),
                "missing_captions": len(missing),
                "problems": [p.as_dict() for p in sorted(problems, key=lambda p: (p.path, p.stage))],
-               "shards": [entries[plan[i].name] for i in mine]}
+               "shards": [{k: v for k, v in entries[plan[i].name].items() if k != "keys"} for i in mine]}
     partial_path = out / f"shards.task-{task_index:04d}.json"
     write_json_atomic(partial_path, partial)
     summary = {
@@ -340,7 +379,8 @@ def write_shards(inputs: str | Path | list[str | Path], out_dir: str | Path, sam
         "shards_resumed": resumed, "samples": sum(e["samples"] for e in partial["shards"]),
         "seconds": sum(e["seconds"] for e in partial["shards"]),
         "skipped_samples": sum(len(e["skipped"]) for e in partial["shards"]),
-        "problems": len(problems), "missing_captions": len(missing), "partial_index": str(partial_path),
+        "problems": len(problems), "missing_audio": sum(p.stage == "missing" for p in problems),
+        "missing_captions": len(missing), "partial_index": str(partial_path),
     }
     if num_tasks == 1:
         merge_indexes(out, partials=[partial_path])
@@ -357,7 +397,13 @@ def _probe_all(items: list[InputItem], pool, config: dict[str, Any], problems: l
     for item, duration, _, error in probed:
         if error:
             problems.append(Problem(item.path, error, "probe"))
-        elif not segment_bounds(duration, config["segment_seconds"], config["min_segment_seconds"]):
+            continue
+        try:
+            usable = item_bounds(item, duration, config)
+        except ValueError as err:
+            problems.append(Problem(item.path, str(err), "probe"))
+            continue
+        if not usable:
             problems.append(Problem(item.path, f"shorter than min_segment_seconds ({duration:.2f} s)", "probe"))
         else:
             durations[item.source] = duration
@@ -400,8 +446,8 @@ def _run_writes(todo: list, pool, entries: dict[str, dict[str, Any]], progress: 
 def merge_indexes(out_dir: str | Path, partials: list[Path] | None = None) -> dict[str, Any]:
     """Join the per-task partial indexes into ``shards.json`` and ``report.jsonl``; returns the index.
 
-    Raises ValueError if tasks are missing or the partials come from different plans (stale files from an
-    earlier run with other options or inputs).
+    Raises ValueError if tasks are missing, the partials come from different plans (stale files from an earlier
+    run with other options or inputs), or no input gave a usable sample (then only ``report.jsonl`` is written).
     """
     out = Path(out_dir)
     paths = sorted(partials) if partials is not None else sorted(out.glob("shards.task-*.json"))
@@ -438,12 +484,30 @@ def merge_indexes(out_dir: str | Path, partials: list[Path] | None = None) -> di
                    "seconds": round(sum(e["seconds"] for e in listed), 6), "bytes": sum(e["bytes"] for e in listed),
                    "inputs": first["inputs"], "missing_captions": first["missing_captions"],
                    "skipped_inputs": len(first["problems"]),
+                   "missing_audio": sum(p["stage"] == "missing" for p in first["problems"]),
                    "skipped_samples": sum(len(e["skipped"]) for e in shards)},
     }
     lines = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in report)
     write_bytes_atomic(out / REPORT_NAME, lines.encode("utf-8"))
+    if not listed:  # an empty index would only move the failure to training
+        raise ValueError(f"nothing usable found: none of the {first['inputs']} inputs gave a sample "
+                         f"({len(first['problems'])} inputs and {index['totals']['skipped_samples']} segments "
+                         f"skipped, e.g. silent, NaN or unreadable audio); the reasons are in {out / REPORT_NAME}")
     write_json_atomic(out / INDEX_NAME, index)
     return index
+
+
+def shard_keys(out_dir: str | Path, entry: dict[str, Any]) -> list[str] | None:
+    """The sample keys the done marker of an index entry lists, when the marker belongs to that very shard (same
+    sha256); None for shards written before markers listed keys, or without their ``done/`` folder."""
+    try:
+        marker = json.loads((Path(out_dir) / DONE_DIR / f"{entry['name']}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    keys = marker.get("keys") if isinstance(marker, dict) else None
+    if not isinstance(keys, list) or marker.get("sha256") != entry.get("sha256") or len(keys) != entry.get("samples"):
+        return None
+    return keys
 
 
 def load_index(out_dir: str | Path) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 
 * a folder of audio files, captions in sidecars beside them: ``x.flac`` + ``x.json`` (``description``/``caption``
   or audiocraft MusicInfo fields: title, artist, key, bpm, genre, moods, keywords, instrument) or ``x.txt``;
-* a CSV or JSONL manifest with a path column and a caption column (MusicCaps style: ``path, caption, ...``);
+* a CSV or JSONL manifest with a path column and a caption column (``path, caption, ...``);
+* the MusicCaps CSV (``ytid, start_s, end_s, ..., caption, ...``, no path column) with a folder of the user's own
+  downloads of its clips, named ``<ytid>.<ext>`` or ``[<ytid>]-[<start>-<end>].<ext>``: each row is one clip,
+  keyed by its ytid and placed in the ``valid`` split (an evaluation set); rows without a file are reported;
 * an audiocraft manifest (``data.jsonl[.gz]``: path, duration, sample_rate, optional info_path) whose captions
   live in per-file ``.json`` MusicInfo sidecars.
 
@@ -15,6 +18,7 @@ import csv
 import gzip
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,9 @@ from typing import Any
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au", ".w64")
 PATH_COLUMNS = ("path", "audio_path", "audio", "file", "filename", "filepath")
 CAPTION_COLUMNS = ("caption", "description", "text")
+MUSICCAPS_COLUMNS = ("ytid", "start_s", "end_s")
+YTID = re.compile(r"[A-Za-z0-9_-]+")  # YouTube ids: also safe as WebDataset keys (no dots)
+BRACKETED_CLIP = re.compile(r"\[(?P<ytid>[A-Za-z0-9_-]+)\]-\[[0-9.]+-[0-9.]+\]")  # [<ytid>]-[<start>-<end>]
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".jsonl.gz", ".json.gz")
 
 
@@ -30,13 +37,17 @@ class InputItem:
     """One audio file to shard.
 
     ``source`` is the stable name used for sample keys and the train/valid split: the path relative to the input
-    folder, or the path as written in a manifest (so moving a dataset does not reshuffle its split).
+    folder, or the path as written in a manifest (so moving a dataset does not reshuffle its split). A MusicCaps
+    row also fixes ``clip`` (start_s, end_s in the original recording), its ``key`` (the ytid) and its ``split``.
     """
 
     path: str
     source: str
     caption: str | None
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    clip: tuple[float, float] | None = None
+    key: str | None = None
+    split: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,8 +63,10 @@ class Problem:
         return {"path": self.path, "reason": self.reason, "stage": self.stage, "start": self.start}
 
 
-def discover(inputs: str | Path | list[str | Path]) -> tuple[list[InputItem], list[Problem]]:
-    """All usable inputs, sorted by source name, plus problems found on the way.
+def discover(inputs: str | Path | list[str | Path],
+             audio_dir: str | Path | None = None) -> tuple[list[InputItem], list[Problem]]:
+    """All usable inputs, sorted by source name, plus problems found on the way. ``audio_dir`` holds the clips of
+    a MusicCaps CSV (default: the CSV's folder).
 
     Raises FileNotFoundError for a missing input and ValueError when nothing usable is found at all.
     """
@@ -69,11 +82,14 @@ def discover(inputs: str | Path | list[str | Path]) -> tuple[list[InputItem], li
         if root.is_dir():
             found, bad = _from_folder(root, prefix)
         elif root.name.lower().endswith(MANIFEST_SUFFIXES):
-            found, bad = _from_manifest(root)
+            found, bad = _from_manifest(root, Path(audio_dir) if audio_dir else None)
         else:
             raise ValueError(f"input {root} is neither a folder nor a manifest ({', '.join(MANIFEST_SUFFIXES)})")
         items += found
         problems += bad
+    if audio_dir and not any(item.clip for item in items) and not any(p.stage == "missing" for p in problems):
+        raise ValueError(f"--audio-dir {audio_dir} is for a MusicCaps-style CSV ({', '.join(MUSICCAPS_COLUMNS)}, "
+                         "caption), and no input is one")
     unique: dict[str, InputItem] = {}
     for item in items:
         if item.source in unique:
@@ -175,23 +191,22 @@ def _read_rows(manifest: Path) -> tuple[list[tuple[int, dict[str, Any] | None, s
         return rows, sorted(columns_seen)
 
 
-def _from_manifest(manifest: Path) -> tuple[list[InputItem], list[Problem]]:
+def _from_manifest(manifest: Path, audio_dir: Path | None) -> tuple[list[InputItem], list[Problem]]:
     rows, columns = _read_rows(manifest)
     if not rows:
         raise ValueError(f"manifest {manifest} has no rows")
     path_col = next((c for c in PATH_COLUMNS if c in columns), None)
-    if path_col is None:
-        raise ValueError(f"manifest {manifest} has no audio path column (expected one of {', '.join(PATH_COLUMNS)}; "
-                         f"found {', '.join(columns) or 'none'}; MusicCaps' CSV has none: add a 'path' column "
-                         "pointing at your downloaded clips)")
     caption_col = next((c for c in CAPTION_COLUMNS if c in columns), None)
+    if path_col is None and all(c in columns for c in MUSICCAPS_COLUMNS):
+        return _from_musiccaps(manifest, rows, caption_col, audio_dir or manifest.parent)
+    if path_col is None:
+        raise ValueError(f"manifest {manifest} has no audio path column (expected one of {', '.join(PATH_COLUMNS)}, "
+                         f"or MusicCaps' {', '.join(MUSICCAPS_COLUMNS)} with --audio-dir; found "
+                         f"{', '.join(columns) or 'none'})")
     base = manifest.parent
-    items, problems = [], []
-    for number, row, error in rows:
-        where = f"{manifest}:{number}"
-        if row is None:
-            problems.append(Problem(where, error, "discover"))
-            continue
+    items: list[InputItem] = []
+    problems: list[Problem] = []
+    for number, row, where in _readable_rows(manifest, rows, problems):
         raw = str(row.get(path_col) or "").strip()
         if not raw:
             problems.append(Problem(where, f"empty {path_col!r}", "discover"))
@@ -210,6 +225,66 @@ def _from_manifest(manifest: Path) -> tuple[list[InputItem], list[Problem]]:
             continue
         items.append(InputItem(str(audio), _normalise_source(raw), caption or side_caption, {**side_meta, **meta}))
     return items, problems
+
+
+def _readable_rows(manifest: Path, rows: list[tuple[int, dict[str, Any] | None, str]],
+                   problems: list[Problem]) -> Iterator[tuple[int, dict[str, Any], str]]:
+    """(row number, row, "manifest:number") of every parsed row; each unparsable one becomes a problem."""
+    for number, row, error in rows:
+        where = f"{manifest}:{number}"
+        if row is None:
+            problems.append(Problem(where, error, "discover"))
+        else:
+            yield number, row, where
+
+
+def _from_musiccaps(manifest: Path, rows: list[tuple[int, dict[str, Any] | None, str]], caption_col: str | None,
+                    audio_dir: Path) -> tuple[list[InputItem], list[Problem]]:
+    """One clip per row, its audio found in ``audio_dir`` by ytid; rows without a file are problems of stage
+    'missing' (few users can download every clip: YouTube videos disappear)."""
+    if not audio_dir.is_dir():
+        raise FileNotFoundError(f"audio folder {audio_dir} for the MusicCaps CSV {manifest} does not exist")
+    files = clips_by_ytid(audio_dir)
+    items: list[InputItem] = []
+    problems: list[Problem] = []
+    for number, row, where in _readable_rows(manifest, rows, problems):
+        ytid = str(row.get("ytid") or "").strip()
+        if not YTID.fullmatch(ytid):
+            problems.append(Problem(where, f"ytid {ytid!r} is not a YouTube id", "discover"))
+            continue
+        try:
+            start, end = float(row["start_s"]), float(row["end_s"])
+        except (TypeError, ValueError):
+            problems.append(Problem(where, f"start_s/end_s {row['start_s']!r}/{row['end_s']!r} are not numbers",
+                                    "discover"))
+            continue
+        if not 0 <= start < end:
+            problems.append(Problem(where, f"clip [{start:g}, {end:g}) s is empty or negative", "discover"))
+            continue
+        found = files.get(ytid, [])
+        if not found:
+            problems.append(Problem(str(audio_dir / f"{ytid}.*"), f"no audio file for ytid {ytid} (row {number})",
+                                    "missing"))
+            continue
+        problems += [Problem(str(extra), f"another file for ytid {ytid}: {found[0].name} is used", "discover")
+                     for extra in found[1:]]
+        caption = str(row.get(caption_col) or "").strip() if caption_col else ""
+        meta = {k: v for k, v in row.items() if v not in (None, "")}
+        items.append(InputItem(str(found[0]), ytid, caption or None, meta, clip=(start, end), key=ytid,
+                               split="valid"))
+    return items, problems
+
+
+def clips_by_ytid(audio_dir: Path) -> dict[str, list[Path]]:
+    """Audio files under ``audio_dir`` by the ytid in their name (``<ytid>.<ext>`` or
+    ``[<ytid>]-[<start>-<end>].<ext>``), each list sorted so the choice among duplicates is stable."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(p for p in audio_dir.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS):
+        bracketed = BRACKETED_CLIP.fullmatch(path.stem)
+        ytid = bracketed["ytid"] if bracketed else path.stem
+        if YTID.fullmatch(ytid):
+            found.setdefault(ytid, []).append(path.resolve())
+    return found
 
 
 def _resolve(raw: str, base: Path) -> Path | None:

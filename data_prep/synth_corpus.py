@@ -31,6 +31,7 @@ import numpy as np
 from data_prep.atomic import remove_stale_tmp, write_atomic, write_bytes_atomic, write_json_atomic
 from data_prep.audio_io import check_channels, check_sample_rate, encode_flac, normalize_loudness, to_channels
 from data_prep.render import INSTALL_HINT, Renderer, RenderUnavailable, find_soundfont
+from mgen.paths import check_output_dir
 
 ATTEMPTS = 3
 FADE_OUT_SECONDS = 0.25
@@ -202,8 +203,8 @@ def build_synth_corpus(out_dir: str | Path, minutes: float = 2.0, n_clips: int |
     if total <= 0:
         raise ValueError("nothing to build: give minutes > 0 or n_clips > 0")
 
-    out = Path(out_dir)
-    audio_dir = out / "audio"
+    out = check_output_dir(out_dir)
+    audio_dir = check_output_dir(out / "audio")
     audio_dir.mkdir(parents=True, exist_ok=True)
     settings = {"version": CORPUS_VERSION, "seed": seed, "clip_seconds": float(clip_seconds),
                 "sample_rate": sample_rate, "channels": channels, "mma_fraction": float(mma_fraction),

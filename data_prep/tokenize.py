@@ -11,6 +11,14 @@ Resumable and idempotent like ``mgen prep shards``: every output shard is writte
 when complete, then a done marker records its hash and the hash of its inputs (the audio shard's sha256, the
 codec's weights and config, the chroma flag). A re-run skips shards whose marker matches; a killed run leaves only
 temporaries, which the next run deletes. Samples that cannot be encoded are skipped and listed in ``report.jsonl``.
+
+Every input shard is checked against its audio index first (sha256, sample count). A shard whose bytes changed
+since ``mgen prep shards`` wrote it (a bad disk, an interrupted copy) is not tokenized at all, since a damaged
+member can still decode, as noise; each of its samples is reported lost by key (the keys come from the shard's done
+marker, or, for older shard folders, from the tar headers that survive) and no done marker is written, so after
+rebuilding it (``mgen prep shards ... --verify`` rewrites exactly the shards whose hash changed) a re-run
+tokenizes just that shard. ``mgen prep tokenize`` finishes every other shard and writes the index and the report,
+then exits with code 1 so that a pipeline does not train on a silently smaller dataset.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import argparse
 import hashlib
 import io
 import json
+import sys
 import tarfile
 import time
 from collections import defaultdict
@@ -32,7 +41,8 @@ if TYPE_CHECKING:  # torch is imported where it is used, so `mgen --help` and `m
     import torch
 
 from data_prep.atomic import remove_stale_tmp, write_atomic, write_bytes_atomic, write_json_atomic
-from data_prep.shards import DONE_DIR, INDEX_NAME, REPORT_NAME, SPLITS, load_index, sha256_file
+from data_prep.shards import DONE_DIR, INDEX_NAME, REPORT_NAME, SPLITS, load_index, sha256_file, shard_keys
+from mgen.paths import check_output_dir
 
 TOKEN_INDEX_VERSION = 1
 KIND = "tokens"
@@ -93,29 +103,62 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _member_key(member: tarfile.TarInfo) -> tuple[str, str] | None:
+    """(key, extension) of a sample member, None for anything else (folders, files without an extension)."""
+    base = member.name.rsplit("/", 1)[-1]
+    if not member.isreg() or "." not in base:
+        return None
+    key, ext = base.split(".", 1)
+    return key, ext.lower()
+
+
 def read_audio_samples(path: Path, problems: list[dict[str, Any]]):
-    """Yield ``(key, {ext: bytes})`` from an audio shard in order; a corrupt tar ends the shard with a problem."""
+    """Yield ``(key, {ext: bytes})`` from an audio shard in order; a corrupt tar ends the shard with a problem
+    naming the sample being read (None when not even its header was readable)."""
     current: tuple[str, dict[str, bytes]] | None = None
+    reading: str | None = None
     try:
         with tarfile.open(path, mode="r|*") as tar:
             for member in tar:
-                if not member.isreg():
+                named = _member_key(member)
+                if named is None:
                     continue
-                base = member.name.rsplit("/", 1)[-1]
-                if "." not in base:
-                    continue
-                key, ext = base.split(".", 1)
-                data = tar.extractfile(member).read()
+                key, ext = named
                 if current is not None and current[0] != key:
                     yield current
                     current = None
+                reading = key
+                data = tar.extractfile(member).read()
+                reading = None
                 if current is None:
                     current = (key, {})
-                current[1][ext.lower()] = data
+                current[1][ext] = data
     except (tarfile.TarError, OSError, EOFError) as err:
-        problems.append({"shard": path.name, "key": None, "reason": f"tar: {type(err).__name__}: {err}"[:300]})
+        if reading is not None and current is not None and current[0] == reading:
+            current = None  # a member of this sample is cut: the sample is lost, not half-encoded
+        problems.append({"shard": path.name, "key": reading, "reason": f"tar: {type(err).__name__}: {err}"[:300]})
     if current is not None:
         yield current
+
+
+def scan_member_keys(path: Path) -> list[str]:
+    """Sample keys whose tar headers are still readable anywhere in a damaged shard, in order: every 512-byte block
+    is tried as a header (a header carries a checksum, random bytes almost never pass it), data is skipped."""
+    keys: list[str] = []
+    with open(path, "rb") as f:
+        size, offset = path.stat().st_size, 0
+        while offset + tarfile.BLOCKSIZE <= size:
+            f.seek(offset)
+            try:
+                member = tarfile.TarInfo.frombuf(f.read(tarfile.BLOCKSIZE), tarfile.ENCODING, "surrogateescape")
+            except tarfile.HeaderError:
+                offset += tarfile.BLOCKSIZE
+                continue
+            named = _member_key(member)
+            if named is not None and named[0] not in keys[-1:]:
+                keys.append(named[0])
+            offset += tarfile.BLOCKSIZE + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    return keys
 
 
 def decode_sample(members: dict[str, bytes], rate: int, channels: int) -> tuple[dict[str, Any], np.ndarray]:
@@ -197,13 +240,18 @@ def tokenize_one(task: dict[str, Any], codec: Any, identity: dict[str, Any], dev
     final, marker = out / name, out / DONE_DIR / f"{name}.json"
     remove_stale_tmp(final)
     remove_stale_tmp(marker)
+    if not src.is_file() or (task.get("sha256") and sha256_file(src) != task["sha256"]):
+        final.unlink(missing_ok=True)  # a token shard from an older plan: not this input's tokens
+        return _damaged_entry(task, src)
     problems: list[dict[str, Any]] = []
     counts: dict[str, Any] = {}
+    seen: list[str] = []
 
     def writer(f) -> None:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
             enc = _Encoder(codec, identity, tar, name, task["batch_size"], device, task["chroma"])
             for key, members in read_audio_samples(src, problems):
+                seen.append(key)
                 try:
                     meta, audio = decode_sample(members, task["sample_rate"], task["channels"])
                 except ValueError as err:
@@ -214,6 +262,7 @@ def tokenize_one(task: dict[str, Any], codec: Any, identity: dict[str, Any], dev
             counts.update(samples=enc.samples, frames=enc.frames, seconds=round(enc.seconds, 6))
 
     write_atomic(final, writer)
+    problems += _missing_samples(task, seen, problems)
     entry = {"name": name, "split": task["split"], **counts, "plan_hash": task["digest"], "skipped": problems}
     if counts["samples"]:
         entry["bytes"], entry["sha256"] = final.stat().st_size, sha256_file(final)
@@ -222,6 +271,35 @@ def tokenize_one(task: dict[str, Any], codec: Any, identity: dict[str, Any], dev
         entry["bytes"], entry["sha256"] = 0, None
     write_json_atomic(marker, entry)
     return entry
+
+
+def _damaged_entry(task: dict[str, Any], src: Path) -> dict[str, Any]:
+    """The index entry of an audio shard whose bytes are not the ones its index hashed: nothing is tokenized (a
+    damaged member can still decode, as noise) and every sample it held is reported lost, by key. No done marker
+    is written, so the next run tries the shard again once it is rebuilt (`mgen prep shards ... --verify`)."""
+    name, expected = task["name"], int(task.get("samples") or 0)
+    damage = "its sha256 differs from shards.json" if src.is_file() else "the file is missing"
+    reason = f"audio shard damaged ({damage}): not tokenized"
+    keys = task.get("keys")
+    if keys is None:  # an index from before done markers listed keys: the headers that survive name the samples
+        keys = scan_member_keys(src) if src.is_file() else []
+        reason += "; key read from the damaged shard's surviving tar headers"
+    lost = [{"shard": name, "key": key, "reason": reason} for key in keys]
+    lost += [{"shard": name, "key": None, "reason": "audio shard damaged: a sample whose tar header is lost "
+              "(keys are listed in done markers written by newer `mgen prep shards`)"}] * max(0, expected - len(keys))
+    return {"name": name, "split": task["split"], "samples": 0, "frames": 0, "seconds": 0.0, "bytes": 0,
+            "sha256": None, "plan_hash": task["digest"], "skipped": lost, "damaged": True}
+
+
+def _missing_samples(task: dict[str, Any], seen: list[str], problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Samples the audio index promises that the shard did not deliver (only a shard whose index has no sha256 or
+    lies about its count gets here: a damaged one is caught by its hash)."""
+    name, reason = task["name"], "missing from the audio shard (its index lists it)"
+    accounted = set(seen) | {p["key"] for p in problems if p["key"] is not None}
+    if task.get("keys") is not None:
+        return [{"shard": name, "key": key, "reason": reason} for key in task["keys"] if key not in accounted]
+    short = int(task.get("samples") or 0) - len(accounted) - sum(p["key"] is None for p in problems)
+    return [{"shard": name, "key": None, "reason": reason + "; key unknown"}] * max(0, short)
 
 
 def _finished(out: Path, name: str, digest: str, verify: bool) -> dict[str, Any] | None:
@@ -262,9 +340,10 @@ def tokenize_shards(audio_shards_dir: str | Path, out_dir: str | Path, codec_pat
 
     ``codec_path`` is an exported codec directory or a CodecModule ``.ckpt`` (or a ``Codec`` object). Raises
     ValueError when the codec's sample rate or channels differ from the shards', or ``out_dir`` is the input.
+    Damaged input shards do not raise: the summary lists them (``damaged_shards``, ``lost_samples``).
     """
     start_time = time.perf_counter()
-    src, out = Path(audio_shards_dir), Path(out_dir)
+    src, out = Path(audio_shards_dir), check_output_dir(out_dir)
     audio_index = load_index(src)
     if audio_index.get("kind", "audio") != "audio":
         raise ValueError(f"{src} holds {audio_index['kind']} shards; tokenize needs audio shards")
@@ -274,9 +353,9 @@ def tokenize_shards(audio_shards_dir: str | Path, out_dir: str | Path, codec_pat
         raise ValueError(f"{out} already holds audio shards; choose another output folder")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    import torch
+    from mgen.devices import parse_device
 
-    torch_device = torch.device(device)
+    torch_device = parse_device(device, "device")
     codec, codec_name = _load(codec_path, torch_device)
     check_codec_matches(codec, audio_index["config"], codec_name or "(in memory)", str(src))
     identity = codec_identity(codec, codec_name)
@@ -294,7 +373,8 @@ def tokenize_shards(audio_shards_dir: str | Path, out_dir: str | Path, codec_pat
             entries[shard["name"]] = done
             continue
         todo.append({"src": str(src / shard["name"]), "out_dir": str(out), "name": shard["name"],
-                     "split": shard["split"], "digest": digest, "batch_size": int(batch_size),
+                     "split": shard["split"], "sha256": shard.get("sha256"), "samples": shard.get("samples"),
+                     "keys": shard_keys(src, shard), "digest": digest, "batch_size": int(batch_size),
                      "chroma": bool(chroma), "sample_rate": int(audio_index["config"]["sample_rate"]),
                      "channels": int(audio_index["config"]["channels"])})
     resumed = len(entries)
@@ -303,9 +383,11 @@ def tokenize_shards(audio_shards_dir: str | Path, out_dir: str | Path, codec_pat
     ordered = [entries[s["name"]] for s in audio_index["shards"]]
     index = _write_index(out, ordered, identity, audio_index, src, bool(chroma))
     totals = index["totals"]
-    return {"out_dir": str(out), "shards": len(ordered), "shards_written": len(todo), "shards_resumed": resumed,
-            "samples": totals["samples"], "frames": totals["frames"], "seconds": totals["seconds"],
-            "skipped_samples": totals["skipped_samples"], "index": str(out / INDEX_NAME),
+    damaged = [e["name"] for e in ordered if e.get("damaged")]
+    return {"out_dir": str(out), "shards": len(ordered), "shards_written": len(todo) - len(damaged),
+            "shards_resumed": resumed, "samples": totals["samples"], "frames": totals["frames"],
+            "seconds": totals["seconds"], "skipped_samples": totals["skipped_samples"], "damaged_shards": damaged,
+            "lost_samples": sum(len(e["skipped"]) for e in ordered if e.get("damaged")), "index": str(out / INDEX_NAME),
             "report": str(out / REPORT_NAME), "codec": identity["sha256"][:12],
             "wall_seconds": time.perf_counter() - start_time}
 
@@ -350,7 +432,8 @@ def _write_index(out: Path, shards: list[dict[str, Any]], identity: dict[str, An
              "totals": {"shards": len(listed), "samples": sum(e["samples"] for e in listed),
                         "frames": sum(e["frames"] for e in listed),
                         "seconds": round(sum(e["seconds"] for e in listed), 6),
-                        "bytes": sum(e["bytes"] for e in listed), "skipped_samples": len(report)}}
+                        "bytes": sum(e["bytes"] for e in listed), "skipped_samples": len(report),
+                        "damaged_shards": sum(bool(e.get("damaged")) for e in shards)}}
     lines = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in report)
     write_bytes_atomic(out / REPORT_NAME, lines.encode("utf-8"))
     write_json_atomic(out / INDEX_NAME, index)
@@ -386,4 +469,12 @@ def run_tokenize(args: argparse.Namespace) -> int:
     if summary["skipped_samples"]:
         print(f"skipped {summary['skipped_samples']} samples: see {summary['report']}")
     print(f"token shards and index: {summary['index']}")
+    if summary["damaged_shards"]:
+        names = ", ".join(summary["damaged_shards"][:5]) + (" ..." if len(summary["damaged_shards"]) > 5 else "")
+        print(f"mgen prep tokenize: error: {len(summary['damaged_shards'])} audio shard(s) are damaged or missing "
+              f"(their sha256 differs from {args.audio_shards}/shards.json): {names}; their "
+              f"{summary['lost_samples']} samples were not tokenized and are listed by key in {summary['report']}. "
+              f"Rebuild them with the same `mgen prep shards ... --verify` command, then re-run this one (finished "
+              f"shards are kept)", file=sys.stderr)
+        return 1
     return 0

@@ -13,6 +13,7 @@ COMMAND_MODULES: list[str] = [
     "mgen.commands.fit",
     "mgen.commands.codec",
     "mgen.commands.generate",
+    "mgen.commands.evaluate",
     "mgen.commands.export",
     "mgen.bench.cli",
     "data_prep.cli",
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:  # bad input or paths
         print(f"mgen {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -10,6 +10,7 @@ when it exists there.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Sequence
@@ -85,6 +86,16 @@ class MusicGen:
         window = float(config.get("train_segment_seconds") or 30.0)
         return cls(lm, conditioner, codec, window)
 
+    def _generators(self, seed: int | Sequence[int] | None, batch: int) -> torch.Generator | list[torch.Generator] | None:
+        if seed is None:
+            return None
+        if isinstance(seed, int):
+            return torch.Generator(device=self.device).manual_seed(seed)
+        seeds = [int(s) for s in seed]
+        if len(seeds) != batch:
+            raise ValueError(f"{len(seeds)} seeds for {batch} prompts: give one seed, or one per prompt")
+        return [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+
     def to(self, device: str | torch.device) -> "MusicGen":
         self.lm.to(device)
         self.conditioner.to(device)
@@ -99,11 +110,14 @@ class MusicGen:
     def generate(self, texts: Sequence[str], duration: float, melody: Tensor | None = None,
                  melody_sample_rate: int | None = None, prompt_audio: Tensor | None = None,
                  cfg_coef: float = 3.0, top_k: int = 250, top_p: float = 0.0, temperature: float = 1.0,
-                 seed: int | None = None, progress: ProgressFn | None = None) -> Tensor:
+                 seed: int | Sequence[int] | None = None, progress: ProgressFn | None = None) -> Tensor:
         """Audio [B, C, duration · sample_rate] for each text prompt.
 
         melody: [B, C, L] reference audio (melody models); prompt_audio: [B, C, L] at the codec's rate to
         continue. Longer than the training window, generation slides (window - 40% context).
+        seed: one seed for the batch, or one per prompt: then each clip is drawn from its own generator, so a clip
+        depends on its prompt and seed only, not on which other prompts share the batch (up to floating-point
+        differences between batch shapes).
         """
         if isinstance(texts, str) or not texts:
             raise ValueError("texts must be a non-empty list of prompts")
@@ -112,8 +126,9 @@ class MusicGen:
                 raise ValueError("empty text prompt")
             if len(text) > MAX_PROMPT_CHARS:
                 raise ValueError(f"text prompt of {len(text)} characters is longer than {MAX_PROMPT_CHARS}")
-        if duration <= 0:
-            raise ValueError(f"duration must be > 0 seconds, got {duration}")
+        if not math.isfinite(duration) or duration <= 0:
+            raise ValueError(f"duration must be > 0 seconds (and finite), got {duration}")
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, cfg_coef=cfg_coef)
         frames = max(1, round(duration * self.codec.frame_rate))
         conditioning = self.conditioner(texts=list(texts), melody_wavs=melody, sample_rate=melody_sample_rate)
         prompt = None
@@ -122,8 +137,7 @@ class MusicGen:
             if prompt.shape[-1] >= frames:
                 raise ValueError(f"the prompt audio ({prompt.shape[-1] / self.codec.frame_rate:.1f} s) is not shorter "
                                  f"than the requested duration ({duration} s)")
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, cfg_coef=cfg_coef)
+        generator = self._generators(seed, len(texts))
         window = max(1, round(self.max_window_seconds * self.codec.frame_rate))
         codes = generate(self.lm, frames, conditioning, prompt=prompt, params=params, batch_size=len(texts),
                          max_window=window, generator=generator, progress=progress)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +53,15 @@ def test_bench_smoke_vs_transformers_prints_one_json_line(bench: str, key: str) 
     assert result["bench"] == bench
     assert result[f"mgen_{key}"] > 0 and result[f"transformers_{key}"] > 0
     assert result["speedup_vs_transformers"] > 0
+
+
+def test_fit_refuses_a_file_as_run_directory(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    """Was a NotADirectoryError traceback from mkdir."""
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "lm.yaml")
+    for out in (taken, taken / "run"):
+        assert main(["fit", recipe, "--out", str(out), "--data", str(tmp_path / "tokens")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("mgen fit: error: --out") and f"{taken} is a file" in err[0]
+    assert taken.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

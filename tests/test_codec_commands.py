@@ -125,10 +125,10 @@ def test_bad_audio_is_a_one_line_error(mono, tmp_path, capsys, case):
         expected = "entirely silent"
     elif case == "not_audio":
         path.write_text("this is not a wav file")
-        expected = "not readable as audio"
+        expected = "cannot be read as audio"
     elif case == "empty":
         write(path, np.zeros((0, 1), np.float32))
-        expected = "no audio frames"
+        expected = "the audio is empty"
     else:
         expected = "not found"
     assert mgen("codec", "encode", path, tmp_path / "codes.npy", "--ckpt", ckpt) == 2
@@ -182,3 +182,27 @@ def test_bad_checkpoint_and_output_format(mono, tmp_path, capsys):
     np.save(tmp_path / "c.npy", np.zeros((4, 5), np.int16))
     assert mgen("codec", "decode", tmp_path / "c.npy", tmp_path / "out.mp4", "--ckpt", ckpt) == 2
     assert "unknown audio format" in capsys.readouterr().err
+
+
+def test_a_folder_as_output_file_and_bad_devices_are_one_line_errors(mono, tmp_path, capsys):
+    """Was an IsADirectoryError traceback after the work was done (encode, decode); devices were torch errors."""
+    _, ckpt = mono
+    wav = write(tmp_path / "in.wav", tone(0.2, RATE, 1))
+    np.save(tmp_path / "c.npy", np.zeros((4, 5), np.int16))
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    missing_gpu = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+    cases = [(("encode", wav, folder), f"{folder} is a folder"), (("decode", tmp_path / "c.npy", folder),
+                                                                  f"{folder} is a folder"),
+             (("encode", wav, a_file / "c.npy"), f"{a_file} is a file"),
+             (("decode", tmp_path / "c.npy", a_file / "x.wav"), f"{a_file} is a file"),
+             (("encode", wav, tmp_path / "d.npy", "--device", "nonsense"), "--device 'nonsense' is not a torch device"),
+             (("decode", tmp_path / "c.npy", tmp_path / "d.wav", "--device", missing_gpu), f"--device {missing_gpu}")]
+    for args, named in cases:
+        assert mgen("codec", *args, "--ckpt", ckpt) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and named in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "c.npy", "in.wav", "taken"]
+    assert not any(folder.iterdir()) and a_file.read_text() == "mine"

@@ -161,3 +161,60 @@ def test_tokenizer_without_its_vocabulary_is_refused(t5_dir: Path, tmp_path: Pat
     T5EncoderModel.from_pretrained(t5_dir).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="ordinary tokens"):
         TextConditioner(DIM, encoder=tmp_path)
+
+
+def write_custom_code_folder(folder: Path, marker: Path, config_file: str = "config.json") -> Path:
+    """A model folder whose `config_file` maps the Auto classes to its own Python file; importing that file would
+    write `marker` (transformers copies it to its modules cache, so the marker path is absolute)."""
+    import json
+    import shutil
+
+    shutil.copytree(packaged_minilm_path(), folder)  # a real, loadable encoder...
+    config = json.loads((folder / config_file).read_text()) if (folder / config_file).is_file() else {}
+    config["auto_map"] = {"AutoConfig": "evil_code.EvilConfig", "AutoModel": "evil_code.EvilModel",
+                          "AutoTokenizer": ["evil_code.EvilTokenizer", None]}
+    if config_file == "config.json":
+        config["model_type"] = "evil-bert"  # ...of a type transformers does not know: only its code could load it
+    (folder / config_file).write_text(json.dumps(config))
+    (folder / "evil_code.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n")
+    return folder
+
+
+@pytest.mark.parametrize("config_file", ["config.json", "tokenizer_config.json"])
+def test_encoder_folder_with_custom_code_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    config_file: str) -> None:
+    """An `auto_map` makes transformers offer to run the folder's Python (it asks on stdin); mgen refuses first."""
+    import io
+    import sys
+
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 10))  # a user who would answer yes
+    marker = tmp_path / "MARKER"
+    folder = write_custom_code_folder(tmp_path / "encoder", marker, config_file)
+    with pytest.raises(ValueError, match=rf"{config_file} has an 'auto_map'.*never runs code from a model folder"):
+        load_text_encoder(folder)
+    with pytest.raises(ValueError, match="auto_map"):
+        TextConditioner(DIM, str(folder))
+    assert not marker.exists()
+
+
+def test_transformers_is_always_told_not_to_trust_remote_code(t5_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every `from_pretrained` mgen makes, for MiniLM (AutoModel) and T5 (T5EncoderModel), passes
+    trust_remote_code=False and local_files_only=True."""
+    import transformers
+
+    calls: list[tuple[str, dict]] = []
+    for name in ("AutoConfig", "AutoTokenizer", "AutoModel", "T5EncoderModel"):
+        cls = getattr(transformers, name)
+        original = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _name=name, _original=original, **kwargs):
+            calls.append((_name, kwargs))
+            return _original(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    load_text_encoder(None)
+    load_text_encoder(t5_dir)
+    assert {name for name, _ in calls} == {"AutoConfig", "AutoTokenizer", "AutoModel", "T5EncoderModel"}
+    for name, kwargs in calls:
+        assert kwargs.get("trust_remote_code") is False and kwargs.get("local_files_only") is True, (name, kwargs)

@@ -283,3 +283,90 @@ def test_lightning_fit_logs_skipped_samples_and_follows_epochs(corrupt_shards, t
                              seed=0, verbose=False, rank=0, world_size=1)
     replay.setup("fit")
     assert epoch_keys(replay, epoch=1) == model.keys[1]
+
+
+# ------------------------------------------------------------------------------------------- resume positions
+
+class CountingDecoder:
+    """A decoder that counts its calls (num_workers=0: they happen in this process)."""
+
+    def __init__(self, decoder) -> None:
+        self.decoder, self.calls = decoder, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.decoder(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.decoder, name)
+
+
+def resumed_pass(dm: AudioDataModule, position) -> list[dict]:
+    from mgen.data.datamodule import EpochDataLoader
+
+    return list(EpochDataLoader(dm.stream("train"), lambda: position, num_workers=dm.num_workers))
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+@pytest.mark.parametrize("resampled", [False, True], ids=["exact", "resampled"])
+def test_a_resumed_stream_continues_at_the_next_sample(corrupt_shards, workers, resampled):
+    """Cut an epoch after any number of batches, resume from the position those batches describe: the rest comes
+    out as in the uninterrupted epoch (keys, crops, captions, worker order), and no skip is counted twice."""
+    from mgen.data.position import StreamPosition
+
+    kw = dict(num_workers=workers, resampled=resampled, epoch_length=9 if resampled else None, global_batch_size=1)
+    dm = make_dm(corrupt_shards, **kw)
+    dm.set_epoch(3)
+    full = list(dm.train_dataloader())
+    assert len(full) >= 5
+    last_skips = {}  # per worker: the running skip count of its last batch
+    for batch in full:
+        last_skips[int(batch["worker"])] = int(batch["skipped"])
+    for cut in range(1, len(full)):
+        position = StreamPosition.start_of(3, max(1, workers))
+        for batch in full[:cut]:
+            s = batch["stream"]
+            position = position.after(s["worker"], s["samples"], len(batch["key"]), last=False)
+        assert position.batches == cut
+        position = StreamPosition.from_tensor(position.to_tensor())  # through a checkpoint
+        rest = resumed_pass(make_dm(corrupt_shards, **kw), position)
+        assert [b["key"] for b in rest] == [b["key"] for b in full[cut:]], cut
+        assert all(torch.equal(a["audio"], b["audio"]) and a["text"] == b["text"] for a, b in zip(rest, full[cut:]))
+        before = {}
+        for batch in full[:cut]:
+            before[int(batch["worker"])] = int(batch["skipped"])
+        after = {int(b["worker"]): int(b["skipped"]) for b in rest}
+        for worker, total in last_skips.items():  # what the skipped-samples monitor adds up
+            assert before.get(worker, 0) + after.get(worker, 0) == total, (cut, worker)
+    if workers == 0:  # skipped samples are not decoded again
+        counting = make_dm(corrupt_shards, **kw)
+        stream = counting.stream("train")
+        stream.decoder = CountingDecoder(stream.decoder)
+        cut = len(full) - 2
+        position = StreamPosition.start_of(3, 1)
+        for batch in full[:cut]:
+            position = position.after(0, batch["stream"]["samples"], len(batch["key"]), last=False)
+        resumed_pass(counting, position)
+        assert stream.decoder.calls <= position.workers[0].samples and stream.decoder.calls < 10
+
+
+def test_a_position_taken_at_the_end_of_an_epoch_starts_the_next(music_shards):
+    from mgen.data.position import StreamPosition
+
+    dm = make_dm(music_shards, num_workers=2, resampled=True, epoch_length=8)
+    dm.set_epoch(0)
+    first = list(dm.train_dataloader())
+    position = StreamPosition.start_of(0, 2)
+    for i, batch in enumerate(first):
+        position = position.after(batch["stream"]["worker"], batch["stream"]["samples"], 2, last=i == len(first) - 1)
+    assert position.complete and position.batches == len(first)
+    following = resumed_pass(make_dm(music_shards, num_workers=2, resampled=True, epoch_length=8),
+                             position.next_pass())
+    assert [b["key"] for b in following] == epoch_keys_batches(music_shards, epoch=1)
+    assert {b["stream"]["epoch"] for b in following} == {1}
+
+
+def epoch_keys_batches(shards, epoch: int) -> list[list[str]]:
+    dm = make_dm(shards, num_workers=2, resampled=True, epoch_length=8)
+    dm.set_epoch(epoch)
+    return [b["key"] for b in dm.train_dataloader()]

@@ -176,8 +176,10 @@ def test_install_script_is_a_no_op_when_everything_is_there():
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root to drop to another user")
 def test_install_script_explains_when_not_root():
+    """The real script, fed to bash on stdin: `nobody` need not be able to reach the checkout (a clone in a 0700
+    home or `mktemp -d` folder), and runs from `/` for the same reason."""
     env = dict(os.environ, MGEN_SOUNDFONT_PKG="mgen-no-such-soundfont-package")
-    proc = subprocess.run(["runuser", "-u", "nobody", "--", "bash", str(INSTALL_SCRIPT)], capture_output=True,
-                          text=True, timeout=60, env=env)
+    proc = subprocess.run(["runuser", "-u", "nobody", "--", "bash", "-s"], input=INSTALL_SCRIPT.read_text(),
+                          capture_output=True, text=True, timeout=60, env=env, cwd="/")
     assert proc.returncode != 0
     assert "mgen-no-such-soundfont-package" in proc.stderr and "root" in proc.stderr

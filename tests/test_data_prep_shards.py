@@ -20,9 +20,10 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 from data_fixtures import (CORPUS_CLIP_SECONDS, CORPUS_CLIPS, copy_corpus_audio, index_of, read_shard,  # noqa: F401
-                           report_of, synth_corpus, write_tone)
+                           report_of, synth_corpus, tone, write_tone)
 
 from data_prep.shards import MissingCaptionError, merge_indexes, split_of, write_shards
+from mgen.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -362,3 +363,107 @@ def test_sbatch_template_runs_as_a_job_array(synth_corpus, tmp_path):  # noqa: F
     reference = tmp_path / "reference"
     write_shards(synth_corpus["dir"], reference, shard_max_samples=2, valid_fraction=0.3, workers=1, progress=False)
     assert index_of(out) == index_of(reference)
+
+
+def _write_track(path: Path, sections: list[tuple[float, float]], rate: int = 16000) -> None:
+    """A mono file of consecutive (seconds, frequency) tones, so a test can tell which part was cut."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.concatenate([tone(seconds, rate, 1, freq) for seconds, freq in sections]), rate)
+
+
+def _dominant_hz(audio: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(audio.mean(axis=1)))
+    return float(np.argmax(spectrum) * rate / audio.shape[0])
+
+
+def test_musiccaps_csv_with_downloaded_clips(tmp_path, capsys):
+    """The MusicCaps CSV + the user's downloads: a whole recording is cut at start_s, a downloaded clip is taken
+    whole, a missing file and a file that is neither are skipped and counted; keys are ytids, captions come from
+    the CSV, every clip is 10 s and in 'valid' (or split by hash when a fraction is given)."""
+    clips = tmp_path / "clips"
+    _write_track(clips / "AAAAAAAAAA1.wav", [(30.0, 220.0), (10.0, 880.0), (5.0, 220.0)])  # the YouTube recording
+    _write_track(clips / "[-aBcDeFgH_1]-[100-110].flac", [(10.05, 440.0)])  # a downloader's 10 s clip
+    _write_track(clips / "DDDDDDDDDD4.wav", [(20.0, 440.0)])  # shorter than the clip's end, longer than the clip
+    manifest = tmp_path / "musiccaps-public.csv"
+    columns = ["ytid", "start_s", "end_s", "audioset_positive_labels", "aspect_list", "caption", "author_id",
+               "is_balanced_subset", "is_audioset_eval"]
+    rows = [["AAAAAAAAAA1", 30, 40, "/m/04rlf", "['pop', 'piano']", "A piano melody, bright and calm.", 4, False, True],
+            ["-aBcDeFgH_1", 100, 110, "/m/04rlf", "['rock']", "A loud rock guitar riff.", 2, True, False],
+            ["CCCCCCCCCC3", 0, 10, "/m/04rlf", "['jazz']", "A jazz trio.", 1, False, True],
+            ["DDDDDDDDDD4", 30, 40, "/m/04rlf", "['folk']", "A folk song.", 7, False, False]]
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows([columns, *rows])
+
+    out = tmp_path / "shards"
+    args = ["prep", "shards", str(manifest), "--audio-dir", str(clips), "-o", str(out), "--sample-rate", "16000",
+            "--no-loudness", "--workers", "1", "--no-progress"]
+    assert cli_main(args) == 0
+    assert "1 MusicCaps clips have no audio file" in capsys.readouterr().err
+    index = index_of(out)
+    assert index["splits"]["valid"]["samples"] == 2 and index["splits"]["train"]["samples"] == 0
+    assert index["totals"]["missing_audio"] == 1
+    samples = {s["key"]: s for s in _check_shards_against_index(out)["valid"]}
+    assert set(samples) == {"AAAAAAAAAA1", "-aBcDeFgH_1"}
+    recording, clip = samples["AAAAAAAAAA1"], samples["-aBcDeFgH_1"]
+    assert recording["meta"]["caption"] == "A piano melody, bright and calm."
+    assert clip["meta"]["caption"] == "A loud rock guitar riff."
+    for sample in (recording, clip):
+        assert sample["rate"] == 16000 and sample["audio"].shape == (160000, 1) and sample["meta"]["duration"] == 10.0
+        assert sample["meta"]["meta"]["ytid"] == sample["key"]
+    assert recording["meta"]["start"] == 30.0 and abs(_dominant_hz(recording["audio"], 16000) - 880.0) < 5
+    assert clip["meta"]["start"] == 0.0 and abs(_dominant_hz(clip["audio"], 16000) - 440.0) < 5
+    report = {Path(r["path"]).name: r for r in report_of(out)}
+    assert report["CCCCCCCCCC3.*"]["stage"] == "missing"
+    assert "neither the 10 s clip nor a recording" in report["DDDDDDDDDD4.wav"]["reason"]
+
+    # told otherwise: with a valid fraction the clips are split by hash like any input (here: all train)
+    summary = write_shards(manifest, tmp_path / "split", sample_rate=16000, valid_fraction=0.0, loudness_db=None,
+                           audio_dir=clips, workers=1, progress=False)
+    assert summary["missing_audio"] == 1
+    assert index_of(tmp_path / "split")["splits"]["train"]["samples"] == 2
+    # --audio-dir for inputs that are not a MusicCaps CSV is a mistake, said in one line
+    assert cli_main(["prep", "shards", str(clips), "--audio-dir", str(clips), "-o", str(tmp_path / "x")]) == 2
+    assert "--audio-dir" in capsys.readouterr().err
+
+
+def test_nothing_usable_is_an_error_pointing_at_the_report(tmp_path, capsys):
+    """Inputs that are all silent or NaN: exit code 2, one line pointing at report.jsonl, no (empty) index.
+    One usable input among them is a success that counts the skips."""
+    from mgen.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(str(src / "silent.wav"), np.zeros((32000, 1), np.float32), 32000)
+    nan = np.zeros((32000, 1), np.float32)
+    nan[100] = np.nan
+    sf.write(str(src / "nan.wav"), nan, 32000, subtype="FLOAT")
+    for name in ("silent", "nan"):
+        (src / f"{name}.txt").write_text(f"{name} audio")
+    out = tmp_path / "out"
+    assert main(["prep", "shards", str(src), "-o", str(out), "--workers", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nothing usable found" in err and str(out / "report.jsonl") in err
+    assert not (out / "shards.json").exists() and not list(out.glob("*.tar"))
+    assert {Path(r["path"]).name for r in report_of(out)} == {"silent.wav", "nan.wav"}
+
+    write_tone(src / "good.wav", 1.0, caption="a tone")
+    assert main(["prep", "shards", str(src), "-o", str(out), "--workers", "1", "--no-progress"]) == 0
+    assert "skipped 0 inputs and 2 samples" in capsys.readouterr().out
+    assert index_of(out)["totals"]["samples"] == 1 and index_of(out)["totals"]["skipped_samples"] == 2
+
+
+def test_a_file_as_output_folder_is_a_clear_error(tmp_path, capsys):
+    from mgen.cli import main
+
+    write_tone(tmp_path / "in" / "a.wav", 1.0)
+    taken = tmp_path / "taken"
+    taken.write_text("a file the user made")
+    for command in (["prep", "shards", str(tmp_path / "in"), "-o", str(taken)],
+                    ["prep", "shards", str(tmp_path / "in"), "--out", str(taken / "sub")],
+                    ["prep", "tokenize", str(tmp_path / "in"), "--codec", "codec", "-o", str(taken)],
+                    ["prep", "synth-corpus", str(taken), "--clips", "1"]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"{taken} is a file" in err, err
+        assert taken.read_text() == "a file the user made"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "taken"]  # nothing made beside it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -162,3 +164,129 @@ def test_bad_generation_requests_are_clear_errors() -> None:
         generate(lm, 8, c, prompt=torch.full((2, 4, 3), 40))
     with pytest.raises(ValueError, match="conditioning batch"):
         generate(lm, 8, cond(batch=3), prompt=torch.zeros(2, 4, 3, dtype=torch.long))
+
+
+# ------------------------------------------------------------------------------------------- `mgen generate`
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-init export (MiniLM text conditioning, tiny codec): what `mgen fit` writes at the end."""
+    from mgen.codec.model import Codec
+    from mgen.train.lm_export import write_lm_export
+    from mgen.train.lm_module import LMModule
+
+    root = tmp_path_factory.mktemp("generate_export")
+    torch.manual_seed(0)
+    codec = Codec.from_preset("tiny").eval()
+    module = LMModule(LMConfig.preset("tiny", n_q=4, card=256).to_dict(), {"text": True})
+    return write_lm_export(root / "export", dict(module.hparams), module.lm, module.conditioner, codec)
+
+
+def generate_cli(export: Path, out: Path, *args: str) -> list[str]:
+    return ["generate", "--ckpt", str(export), "--text", "a calm piano", "--duration", "0.2", "--seed", "0",
+            "--out", str(out), *args]
+
+
+def _unavailable_cuda() -> str:
+    return "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--duration", "inf"], "--duration"), (["--duration", "nan"], "--duration"),
+    (["--duration", "-1"], "--duration"), (["--duration", "1e9"], "--max-duration 300"),
+    (["--duration", "0.2", "--max-duration", "0.1"], "--max-duration 0.1"),
+    (["--cfg", "nan"], "--cfg"), (["--cfg", "-5"], "--cfg"), (["--temperature", "nan"], "--temperature"),
+    (["--top-p", "nan"], "--top-p"), (["--device", "nonsense"], "--device 'nonsense'"),
+    (["--device", _unavailable_cuda()], f"--device {_unavailable_cuda()}"),
+])
+def test_generate_refuses_bad_settings_in_one_line(export_dir: Path, tmp_path: Path, capsys, args: list[str],
+                                                   named: str) -> None:
+    from mgen.cli import main
+
+    out = tmp_path / "clips" / "a.wav"
+    assert main([*generate_cli(export_dir, out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("mgen generate: error:") and named in err, err
+    assert not (tmp_path / "clips").exists()
+
+
+def test_generate_refuses_bad_paths_and_leaves_nothing(export_dir: Path, tmp_path: Path, capsys) -> None:
+    from mgen.cli import main
+
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    a_file = tmp_path / "file"
+    a_file.write_text("mine")
+    cases = [(folder, [], "is a folder"), (tmp_path / "x.mp9", [], "unknown audio format '.mp9'"),
+             (tmp_path / "x", [], "unknown audio format"), (a_file / "x.wav", [], f"{a_file} is a file"),
+             (tmp_path / "y.wav", ["--text-file", str(folder)], f"--text-file {folder} is a folder"),
+             (tmp_path / "y.wav", ["--text-file", str(tmp_path / "none.txt")], "none.txt not found")]
+    for out, extra, named in cases:
+        assert main([*generate_cli(export_dir, out), *extra]) == 2, out
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and named in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken"] and not any(folder.iterdir())
+
+
+def test_generate_writes_the_extensions_format_atomically(export_dir: Path, tmp_path: Path, capsys,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import soundfile as sf
+
+    from mgen.cli import main
+
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a calm piano\n\na fast drum groove\n")
+    out = tmp_path / "clips" / "clip.flac"
+    killed_mid_write = ("import os, sys\nfrom mgen.atomic import atomic_path\n"
+                        "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'fLaC half')\n"
+                        "    os._exit(9)\n")
+    subprocess.run([sys.executable, "-c", killed_mid_write, str(out.with_name("clip_000.flac"))])
+    assert len(list((tmp_path / "clips").iterdir())) == 1  # the killed writer's temporary
+    assert main(["generate", "--ckpt", str(export_dir), "--text-file", str(prompts), "--duration", "0.2",
+                 "--out", str(out)]) == 0
+    written = sorted((tmp_path / "clips").iterdir())
+    assert [p.name for p in written] == ["clip_000.flac", "clip_001.flac"]  # no temporaries, none left over
+    for path in written:
+        info = sf.info(str(path))
+        assert info.format == "FLAC" and info.samplerate == 32000 and abs(info.duration - 0.2) < 0.01
+
+    def disk_full(file, *args, **kwargs):  # a real partial write, then the error
+        with open(file, "wb") as f:
+            f.write(b"RIFF half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sf, "write", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        main(generate_cli(export_dir, tmp_path / "clips" / "new.wav"))
+    assert sorted(p.name for p in (tmp_path / "clips").iterdir()) == ["clip_000.flac", "clip_001.flac"]
+
+
+def test_export_whose_text_encoder_has_custom_code_is_refused(export_dir: Path, tmp_path: Path) -> None:
+    """An export's `text_encoder/` with an `auto_map` and a Python file: `mgen generate` with stdin answering "y"
+    exits 2 with one line, and the file never runs."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from test_conditioning_text import write_custom_code_folder
+
+    export = tmp_path / "export"
+    shutil.copytree(export_dir, export)
+    marker = tmp_path / "MARKER"
+    write_custom_code_folder(export / "text_encoder", marker)
+    config = json.loads((export / "config.json").read_text())
+    config["conditioning"]["text_encoder"] = "text_encoder"  # bundled with the export, as for T5 encoders
+    (export / "config.json").write_text(json.dumps(config))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-m", "mgen.cli", *generate_cli(export, tmp_path / "a.wav")],
+                            input="y\n" * 10, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 2, result.stderr
+    err = [line for line in result.stderr.strip().splitlines() if not line.startswith("Loading weights")]
+    assert err[-1].startswith("mgen generate: error:") and "auto_map" in err[-1], result.stderr
+    assert "Traceback" not in result.stderr and "Do you wish to run the custom code" not in result.stdout
+    assert not marker.exists() and not (tmp_path / "a.wav").exists()

@@ -24,8 +24,19 @@ from mgen.train.fit import fit
 from mgen.train.lm_module import LMModule
 
 
+_built: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="module")
 def token_shards(synth_corpus, tmp_path_factory) -> Path:  # noqa: F811
+    """Token shards of the session's corpus (8 train / 4 valid samples, 3 per shard) and their codec; built once per
+    session, also for the modules that import this fixture (read only)."""
+    if "tokens" not in _built:
+        _built["tokens"] = _build_token_shards(synth_corpus, tmp_path_factory)
+    return _built["tokens"]
+
+
+def _build_token_shards(synth_corpus, tmp_path_factory) -> Path:  # noqa: F811
     from data_prep.shards import write_shards
     from data_prep.tokenize import tokenize_shards
 

@@ -115,7 +115,9 @@ def test_corrupt_samples_are_reported(corrupt_shards, tiny_codec_dir, tmp_path):
     summary = tokenize_shards(corrupt_shards, tmp_path / "tok", tiny_codec_dir, progress=False)
     report = [json.loads(line) for line in (tmp_path / "tok" / "report.jsonl").read_text().splitlines()]
     keys = {r["key"] for r in report}
-    assert {"bad-flac", "bad-json", "nan-audio", "empty-audio"} <= keys and None in keys  # + the truncated tar
+    # + the member the truncated tar cuts, named by its header
+    assert keys == {"bad-flac", "bad-json", "nan-audio", "empty-audio", "truncated-tail"}
+    assert "tar: ReadError" in next(r["reason"] for r in report if r["key"] == "truncated-tail")
     assert summary["skipped_samples"] == len(report) == 5
     good = sum(len(token_samples(tmp_path / "tok" / e)) for e in ("train-000000.tar", "train-000001.tar",
                                                                   "train-000002.tar"))
@@ -179,3 +181,98 @@ def test_cli_registration(music_shards, token_shards, tiny_codec_dir, tmp_path, 
     assert args.func(args) == 0
     assert "0 token shards written" in capsys.readouterr().out
     assert json.loads((tmp_path / "t" / "shards.json").read_text())["kind"] == "tokens"
+
+
+@pytest.fixture(scope="module")
+def twenty_sample_shard(tmp_path_factory) -> dict[str, Path]:
+    """One audio shard of 20 half-second tones at 16 kHz, and a random-init tiny codec for it."""
+    import soundfile as sf
+
+    from data_prep.shards import write_shards
+
+    root = tmp_path_factory.mktemp("twenty")
+    (root / "src").mkdir()
+    t = np.arange(RATE // 2) / RATE
+    for i in range(20):
+        sf.write(root / "src" / f"tone{i:02d}.wav", (0.3 * np.sin(2 * np.pi * (200 + 30 * i) * t)).astype("float32"),
+                 RATE)
+        (root / "src" / f"tone{i:02d}.txt").write_text(f"tone {i}")
+    options = dict(sample_rate=RATE, channels=1, valid_fraction=0.0, shard_max_samples=20, loudness_db=None,
+                   workers=1, progress=False)
+    write_shards(root / "src", root / "audio", **options)
+    torch.manual_seed(0)
+    codec = save_codec(Codec.from_preset("tiny", sample_rate=RATE).eval(), root / "codec")
+    return {"src": root / "src", "audio": root / "audio", "codec": codec, "options": options}
+
+
+def _random_bytes_in_the_middle(path: Path) -> None:
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size // 2 - 25_000)
+        f.write(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+
+
+def _truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 4)
+
+
+@pytest.mark.parametrize("damage", [_random_bytes_in_the_middle, _truncate], ids=["random-50KB", "truncated"])
+@pytest.mark.parametrize("markers", [True, False], ids=["keys-in-markers", "old-shards-without-markers"])
+def test_damaged_audio_shard_is_reported_sample_by_sample(twenty_sample_shard, tmp_path, capsys, damage, markers):
+    """A shard whose bytes changed since it was indexed: nothing of it is tokenized, every one of its 20 samples is
+    reported (by key where the done marker or a surviving tar header names it), exit code 1; rebuilding it with
+    `prep shards --verify` and re-running tokenizes just that shard."""
+    import shutil
+
+    from data_prep.shards import write_shards
+    from mgen.cli import main
+
+    audio = tmp_path / "audio"
+    shutil.copytree(twenty_sample_shard["audio"], audio)
+    keys = {name.split(".", 1)[0] for name, _ in tar_members(audio / "train-000000.tar")}
+    assert len(keys) == 20
+    if not markers:
+        shutil.rmtree(audio / "done")  # shard folders written before done markers listed keys, or copied without
+    damage(audio / "train-000000.tar")
+    out = tmp_path / "tokens"
+    rc = main(["prep", "tokenize", str(audio), "--codec", str(twenty_sample_shard["codec"]), "-o", str(out),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "1 audio shard(s) are damaged or missing" in err
+    assert "train-000000.tar" in err and str(out / "report.jsonl") in err
+    report = [json.loads(line) for line in (out / "report.jsonl").read_text().splitlines()]
+    assert len(report) == 20 and all("damaged" in r["reason"] for r in report)
+    named = [r["key"] for r in report if r["key"] is not None]
+    assert len(set(named)) == len(named) and set(named) <= keys
+    if markers:
+        assert set(named) == keys
+    else:  # the headers before (and, for random bytes, after) the damage still name their samples
+        assert 0 < len(named) < 20
+    index = json.loads((out / "shards.json").read_text())
+    assert index["shards"] == [] and index["totals"]["skipped_samples"] == 20
+    assert not (out / "train-000000.tar").exists() and not (out / "done" / "train-000000.tar.json").exists()
+
+    rebuilt = write_shards(twenty_sample_shard["src"], audio, verify=True, **twenty_sample_shard["options"])
+    assert rebuilt["shards_written"] == 1
+    assert main(["prep", "tokenize", str(audio), "--codec", str(twenty_sample_shard["codec"]), "-o", str(out),
+                 "--no-progress"]) == 0
+    assert set(token_samples(out / "train-000000.tar")) == keys
+    assert (out / "report.jsonl").read_text() == ""
+
+
+def test_missing_audio_shard_is_reported_and_the_others_are_tokenized(twenty_sample_shard, tmp_path, capsys):
+    import shutil
+
+    from mgen.cli import main
+
+    audio = tmp_path / "audio"
+    shutil.copytree(twenty_sample_shard["audio"], audio)
+    keys = {name.split(".", 1)[0] for name, _ in tar_members(audio / "train-000000.tar")}
+    (audio / "train-000000.tar").unlink()
+    out = tmp_path / "tokens"
+    assert main(["prep", "tokenize", str(audio), "--codec", str(twenty_sample_shard["codec"]), "-o", str(out),
+                 "--no-progress"]) == 1
+    assert "damaged or missing" in capsys.readouterr().err
+    report = [json.loads(line) for line in (out / "report.jsonl").read_text().splitlines()]
+    assert {r["key"] for r in report} == keys and all("file is missing" in r["reason"] for r in report)

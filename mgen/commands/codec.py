@@ -11,43 +11,26 @@ written to a temporary file and renamed, so a failed or interrupted run never le
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from mgen.audio import audio_format, write_audio
 from mgen.errors import first_line
+from mgen.atomic import atomic_write
+from mgen.paths import check_output_file
 
 DEFAULT_SUBTYPE = "PCM_16"
-
-
-def _atomic_target(output: Path) -> tuple[int, Path]:
-    """A temporary file next to ``output`` (same file system, so `os.replace` is atomic)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    return fd, Path(tmp)
 
 
 def read_audio(path: Path, sample_rate: int, channels: int, *, convert_channels: bool = False,
                allow_silence: bool = False, log=print) -> np.ndarray:
     """``[frames, channels]`` float32 ready for the codec: checked, resampled (said so), channel-matched on request."""
-    import soundfile as sf
+    from mgen.audio import read_audio as read_checked, resample, to_channels
 
-    from data_prep.audio_io import resample, to_channels
-
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file not found: {path}")
-    try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as err:  # soundfile raises several types for unreadable input
-        raise ValueError(f"{path}: not readable as audio ({first_line(err, 200)})") from err
-    if audio.shape[0] == 0:
-        raise ValueError(f"{path}: contains no audio frames")
-    if not np.isfinite(audio).all():
-        raise ValueError(f"{path}: contains NaN or infinite samples")
+    audio, rate = read_checked(path)
     if not allow_silence and not np.abs(audio).max() > 0:
         raise ValueError(f"{path}: is entirely silent (all samples are zero); pass --allow-silence to encode it anyway")
     have = audio.shape[1]
@@ -76,14 +59,8 @@ def encode_file(codec, input_path: Path, output_path: Path, *, convert_channels:
         codes = codec.encode(torch.from_numpy(audio.T.copy())[None].to(next(codec.parameters()).device))[0]
     dtype = dtype or ("int16" if codec.cardinality <= np.iinfo(np.int16).max + 1 else "int64")
     array = codes.cpu().numpy().astype(dtype)
-    fd, tmp = _atomic_target(output_path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, output_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(output_path) as f:
+        np.save(f, array)
     return array
 
 
@@ -111,14 +88,9 @@ def read_codes(path: Path, num_codebooks: int, cardinality: int) -> np.ndarray:
 
 def decode_file(codec, input_path: Path, output_path: Path, *, subtype: str = DEFAULT_SUBTYPE, log=print) -> np.ndarray:
     """Decode ``[K, T]`` codes from .npy to an audio file (format from the extension); returns ``[L, C]`` audio."""
-    import soundfile as sf
     import torch
 
-    fmt = output_path.suffix.lstrip(".").upper()
-    if fmt not in sf.available_formats():
-        raise ValueError(f"{output_path}: unknown audio format {output_path.suffix!r}; use .wav or .flac")
-    if not sf.check_format(fmt, subtype):
-        raise ValueError(f"{output_path}: {fmt} cannot hold {subtype} samples")
+    audio_format(output_path, subtype)  # refused before any work
     codes = read_codes(input_path, codec.num_codebooks, codec.cardinality)
     with torch.inference_mode():
         device = next(codec.parameters()).device
@@ -127,21 +99,15 @@ def decode_file(codec, input_path: Path, output_path: Path, *, subtype: str = DE
     if subtype != "FLOAT" and np.abs(audio).max() > 1.0:
         log(f"clipping the decoded audio to [-1, 1] for {subtype} (peak {np.abs(audio).max():.2f})")
         audio = np.clip(audio, -1.0, 1.0)
-    fd, tmp = _atomic_target(output_path)
-    os.close(fd)
-    try:
-        sf.write(str(tmp), audio, codec.sample_rate, format=fmt, subtype=subtype)
-        os.replace(tmp, output_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_audio(output_path, audio, codec.sample_rate, subtype)
     return audio
 
 
 def _load(args: argparse.Namespace):
     from mgen.codec.checkpoint import load_codec
+    from mgen.devices import parse_device
 
-    return load_codec(args.ckpt, device=args.device)
+    return load_codec(args.ckpt, device=parse_device(args.device))
 
 
 def _stderr(message: str) -> None:
@@ -149,6 +115,7 @@ def _stderr(message: str) -> None:
 
 
 def run_encode(args: argparse.Namespace) -> int:
+    check_output_file(args.output)
     codec = _load(args)
     codes = encode_file(codec, args.input, args.output, convert_channels=args.convert_channels,
                         allow_silence=args.allow_silence, dtype=args.dtype, log=_stderr)
@@ -158,6 +125,8 @@ def run_encode(args: argparse.Namespace) -> int:
 
 
 def run_decode(args: argparse.Namespace) -> int:
+    check_output_file(args.output)
+    audio_format(args.output, args.subtype)
     codec = _load(args)
     audio = decode_file(codec, args.input, args.output, subtype=args.subtype, log=_stderr)
     print(f"{args.output}: {audio.shape[0] / codec.sample_rate:.2f} s, {audio.shape[1]} channel(s), "

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from mgen.paths import check_output_dir
+
 
 def run(args: argparse.Namespace) -> int:
     from mgen.train.fit import fit  # noqa: PLC0415 - Lightning is heavy
 
+    check_output_dir(args.out, "--out")
     devices: int | str = int(args.devices) if args.devices.isdigit() else args.devices
     summary = fit(args.recipe, args.out, data=args.data, overrides=args.set, devices=devices,
                   num_nodes=args.num_nodes, accelerator=args.accelerator, wandb=args.wandb,
@@ -19,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("fit", help="train from a recipe (resumes from RUN/checkpoints/last.ckpt)")
+    p = subparsers.add_parser("fit", help="train from a recipe (resumes from the most advanced checkpoint of RUN)")
     p.add_argument("recipe", help="recipe YAML, e.g. recipes/codec/tiny.yaml")
     p.add_argument("--data", help="shards directory (overrides data.shards)")
     p.add_argument("--out", required=True, help="run directory")
@@ -29,5 +32,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-nodes", type=int, default=1)
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--wandb", action="store_true", help="also log to W&B (WANDB_MODE=offline works without network)")
-    p.add_argument("--no-resume", action="store_true", help="start fresh even if RUN/checkpoints/last.ckpt exists")
+    p.add_argument("--no-resume", action="store_true", help="start from step 0 even if RUN has checkpoints")
     p.set_defaults(func=run)

@@ -3,33 +3,59 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
-import soundfile as sf
 import torch
+
+from mgen.audio import audio_format, read_audio, resample, write_audio
+from mgen.devices import parse_device
+from mgen.paths import check_output_file
+
+DEFAULT_MAX_DURATION = 300.0
 
 
 def _read_audio(path: str, what: str) -> tuple[torch.Tensor, int]:
-    """[1, C, L] float audio and its rate; a clear error naming the file when it is not audio."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{what} file not found: {path}")
-    try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as err:  # soundfile raises its own error types for non-audio input
-        raise ValueError(f"{path}: cannot be read as audio for the {what} ({err})") from err
-    if audio.shape[0] == 0:
-        raise ValueError(f"{path}: the {what} audio is empty")
-    return torch.from_numpy(audio.T.copy())[None], int(rate)
+    """[1, C, L] float audio and its rate; a clear error naming the file (and what it was for) when it is not audio."""
+    audio, rate = read_audio(path, where=f"{path} (the {what})")
+    return torch.from_numpy(audio.T.copy())[None], rate
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.text or [])
     if args.text_file:
-        lines = Path(args.text_file).read_text().splitlines()
+        path = Path(args.text_file)
+        if path.is_dir():
+            raise ValueError(f"--text-file {path} is a folder; give a text file with one prompt per line")
+        if not path.is_file():
+            raise FileNotFoundError(f"--text-file {path} not found")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise ValueError(f"--text-file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
         prompts += [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise ValueError("give at least one prompt with --text or --text-file")
     return prompts
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse impossible or runaway settings before the model loads."""
+    if not (math.isfinite(args.max_duration) and args.max_duration > 0):
+        raise ValueError(f"--max-duration must be a finite number of seconds > 0, got {args.max_duration}")
+    if not (math.isfinite(args.duration) and args.duration > 0):
+        raise ValueError(f"--duration must be a finite number of seconds > 0, got {args.duration}")
+    if args.duration > args.max_duration:
+        raise ValueError(f"--duration {args.duration:g} s is above --max-duration {args.max_duration:g} s; "
+                         f"generation time grows with the length, so raise --max-duration to ask for it on purpose")
+    if not (math.isfinite(args.cfg) and args.cfg >= 0):
+        raise ValueError(f"--cfg must be a finite number >= 0 (1: no guidance), got {args.cfg}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if not 0.0 <= args.top_p <= 1.0:
+        raise ValueError(f"--top-p must be in [0, 1], got {args.top_p}")
+    if args.top_k < 0:
+        raise ValueError(f"--top-k must be >= 0, got {args.top_k}")
 
 
 def _outputs(out: str, count: int) -> list[Path]:
@@ -41,21 +67,23 @@ def _outputs(out: str, count: int) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from mgen.musicgen import MusicGen  # noqa: PLC0415 - heavy imports only when the command runs
-    from mgen.train.media import write_wav  # noqa: PLC0415
 
     prompts = _prompts(args)
-    if args.duration <= 0:
-        raise ValueError(f"--duration must be > 0 seconds, got {args.duration}")
-    model = MusicGen.load(args.ckpt, device=args.device)
+    _check_numbers(args)
+    outputs = _outputs(args.out, len(prompts))
+    for path in outputs:
+        check_output_file(path, "--out")
+        audio_format(path)
+    device = parse_device(args.device)
     melody = melody_rate = prompt_audio = None
     if args.melody:
         melody, melody_rate = _read_audio(args.melody, "melody")
         melody = melody.expand(len(prompts), -1, -1)
-    if args.continue_from:
-        audio, rate = _read_audio(args.continue_from, "continuation")
+    continuation = _read_audio(args.continue_from, "continuation") if args.continue_from else None
+    model = MusicGen.load(args.ckpt, device=device)
+    if continuation is not None:
+        audio, rate = continuation
         if rate != model.codec.sample_rate:
-            from data_prep.audio_io import resample  # noqa: PLC0415
-
             audio = torch.from_numpy(resample(audio[0].numpy().T, rate, model.codec.sample_rate).T.copy())[None]
         if audio.shape[1] != model.codec.channels:
             audio = audio.mean(1, keepdim=True).expand(-1, model.codec.channels, -1)
@@ -63,9 +91,8 @@ def run(args: argparse.Namespace) -> int:
     audio = model.generate(prompts, duration=args.duration, melody=melody, melody_sample_rate=melody_rate,
                            prompt_audio=prompt_audio, cfg_coef=args.cfg, top_k=args.top_k, top_p=args.top_p,
                            temperature=args.temperature, seed=args.seed)
-    for path, clip in zip(_outputs(args.out, len(prompts)), audio):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_wav(path, clip, model.codec.sample_rate)
+    for path, clip in zip(outputs, audio):
+        write_audio(path, clip, model.codec.sample_rate)
         print(f"[mgen generate] wrote {path} ({clip.shape[-1] / model.codec.sample_rate:.1f} s, "
               f"{clip.shape[0]} channel(s))")
     return 0
@@ -79,11 +106,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--melody", help="reference audio whose melody to follow (melody models)")
     p.add_argument("--continue-from", help="audio to continue")
     p.add_argument("--duration", type=float, default=10.0, help="seconds (longer than the training window slides)")
+    p.add_argument("--max-duration", type=float, default=DEFAULT_MAX_DURATION,
+                   help="refuse a --duration above this many seconds (default %(default)g: about 5 minutes; "
+                        "generation time grows with the length)")
     p.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance coefficient")
     p.add_argument("--top-k", type=int, default=250)
     p.add_argument("--top-p", type=float, default=0.0)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="generated.wav", help="WAV path; several prompts get _000, _001, ... suffixes")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
+    p.add_argument("--out", default="generated.wav",
+                   help="audio file (.wav or .flac, 16-bit), written atomically; several prompts get _000, _001, ... "
+                        "suffixes")
     p.set_defaults(func=run)

@@ -11,17 +11,7 @@ import numbers
 import torch
 from torch import Tensor
 
-
-def resample(wav: Tensor, rate_in: int, rate_out: int) -> Tensor:
-    """Band-limited resampling of [..., L] with libsoxr (on CPU); identity when the rates match."""
-    if rate_in == rate_out:
-        return wav
-    import numpy as np  # noqa: PLC0415
-    import soxr  # noqa: PLC0415 - only needed when rates differ
-
-    flat = wav.detach().float().cpu().reshape(-1, wav.shape[-1]).numpy()
-    out = np.stack([soxr.resample(np.ascontiguousarray(ch), rate_in, rate_out, quality="HQ") for ch in flat])
-    return torch.from_numpy(out).reshape(*wav.shape[:-1], -1).to(wav.device)
+from mgen.audio import resample_tensor as resample  # noqa: F401 - the conditioners' name for it
 
 
 def check_audio(wavs: Tensor, sample_rate: int, what: str = "audio") -> None:

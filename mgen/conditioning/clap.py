@@ -44,16 +44,32 @@ def import_laion_clap() -> Any:
     return laion_clap
 
 
-def load_clap_checkpoint(model: nn.Module, path: str | Path, weights_only: bool = True) -> None:
-    """Load a LAION-CLAP training checkpoint ({"state_dict": ...}, DDP "module." prefixes) into model, strictly.
+def numpy_scalar_globals() -> list[Any]:
+    """What ``torch.load(weights_only=True)`` must additionally allow to rebuild plain NumPy number scalars (LAION's
+    training checkpoints store one next to the weights): the scalar constructor under its NumPy 1 and 2 names,
+    ``np.dtype`` and the numeric dtype classes. None of them can build anything but a number."""
+    import numpy as np  # noqa: PLC0415
 
-    position_ids buffers are ignored either way: old checkpoints carry them, recent transformers do not.
-    """
+    try:
+        from numpy._core.multiarray import scalar  # NumPy 2
+    except ImportError:
+        from numpy.core.multiarray import scalar  # NumPy 1
+    numeric = ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "Int16DType",
+               "Int8DType", "UInt8DType", "BoolDType")
+    return [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype,
+            *(getattr(np.dtypes, name) for name in numeric)]
+
+
+def read_clap_state_dict(path: str | Path, weights_only: bool = True) -> dict[str, Tensor]:
+    """The state dict of a LAION-CLAP training checkpoint ({"state_dict": ...} or bare), DDP "module." prefixes
+    stripped and position_ids buffers dropped (old checkpoints carry them, recent transformers do not; fadtk even
+    rewrites the entry as a plain int). Weights-only loading also accepts NumPy number scalars, nothing else."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CLAP checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
+        with torch.serialization.safe_globals(numpy_scalar_globals()):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as err:  # pickle errors come in several types
         raise ValueError(f"cannot load CLAP checkpoint {path} with weights_only={weights_only}; if the file is "
                          f"trusted and holds non-tensor objects, pass weights_only=False (cause: {err})") from err
@@ -62,6 +78,16 @@ def load_clap_checkpoint(model: nn.Module, path: str | Path, weights_only: bool 
         raise ValueError(f"{path} is not a CLAP checkpoint: expected a state dict or {{'state_dict': ...}}")
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
+    not_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if not state or not_tensors:
+        raise ValueError(f"{path} is not a CLAP checkpoint: its state dict holds non-tensor entries "
+                         f"{not_tensors[:3]}")
+    return state
+
+
+def load_clap_checkpoint(model: nn.Module, path: str | Path, weights_only: bool = True) -> None:
+    """Load a LAION-CLAP training checkpoint (see `read_clap_state_dict`) into model, strictly."""
+    state = read_clap_state_dict(path, weights_only)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches

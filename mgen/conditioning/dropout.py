@@ -6,8 +6,8 @@ condition of every sample; ``AttributeDropout`` draws one coin per named attribu
 variant (one coin per sample) is offered as an option.
 
 Coins come from a ``torch.Generator`` owned by the module and seeded (1234 by default, as published, which makes
-every rank of a data-parallel job draw the same coins). Pass your own generator for other streams. The generator
-state is not checkpointed: after a resume the coin sequence restarts from the seed.
+every rank of a data-parallel job draw the same coins). Pass your own generator for other streams. Training
+checkpoints carry the generator's state (``mgen.train.exact_resume``), so a resumed run continues the coin sequence.
 """
 
 from __future__ import annotations

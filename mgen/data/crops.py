@@ -13,7 +13,7 @@ import io
 import numpy as np
 import soundfile as sf
 
-from data_prep.audio_io import resample, to_channels
+from mgen.audio import resample, to_channels
 from mgen.data.skips import SampleError
 
 

@@ -6,28 +6,39 @@ split to a DataLoader. Rank and world size are resolved at ``setup`` (explicit a
 torch.distributed, RANK/WORLD_SIZE); so is the batch plan: ``global_batch_size`` is the recipe's global batch,
 ``per_device_batch_size`` and ``accumulate_grad_batches`` are derived from it and printed on rank 0.
 
-Epochs: the DataLoader is an :class:`EpochDataLoader` that stamps the current epoch (``trainer.current_epoch``
-when attached to a trainer, else the value from :meth:`ShardDataModule.set_epoch`) onto the dataset each time it
-is iterated. Lightning iterates the train loader once per epoch after updating ``current_epoch``, and workers are
-not persistent, so every epoch's workers start from a copy of the dataset that carries the right epoch. This
-needs no ``reload_dataloaders_every_n_epochs`` and no shared memory. A run resumed mid-epoch restarts that epoch's
-stream from its beginning.
+Epochs and resuming: the DataLoader is an :class:`EpochDataLoader` that asks the DataModule where each pass over
+its stream starts (an epoch, and for a resumed run a position inside it) every time it is iterated; workers are not
+persistent, so every pass's workers start from a copy of the dataset that carries it. Lightning iterates the train
+loader once per epoch. The DataModule follows the training batches it hands out (:meth:`ShardDataModule.
+record_train_batch`, called by ``mgen.train.exact_resume.ExactResume``), so a checkpoint knows the sample each
+rank's stream stopped at, and a resumed run continues there (:mod:`mgen.data.position`), or with the next epoch
+when the checkpoint was written on the last batch of one. Without a trainer (benchmarks, tests, plain loops) the
+epoch is the value of :meth:`ShardDataModule.set_epoch`.
+
+Several devices: every rank must run the same number of batches, or the first rank to run out leaves the others
+waiting in a collective. Training therefore needs resampled epochs (equal by construction) as soon as there is more
+than one rank; validation gives every rank the same number of batches, topped up with padding batches that count
+for nothing (see :mod:`mgen.data.stream`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from data_prep.shards import load_index
 from mgen.data.batching import BatchPlan, batch_plan
 from mgen.data.captions import CaptionConfig
 from mgen.data.ranks import resolve_rank
+from mgen.data.position import StreamPosition, WorkerProgress
 from mgen.data.samples import AudioDecoder, TokenDecoder
+from mgen.data.seeding import seed_of
 from mgen.data.stream import ShardStream
 
 KIND_AUDIO = "audio"
@@ -40,15 +51,36 @@ def index_kind(index: dict[str, Any]) -> str:
 
 
 class EpochDataLoader(DataLoader):
-    """A DataLoader that sets its dataset's epoch from ``epoch_fn()`` every time an epoch's iteration starts."""
+    """A DataLoader that starts each pass over its :class:`ShardStream` where ``epoch_fn()`` says (an epoch, or a
+    position inside one), and gives validation passes exactly ``len(stream)`` batches, topped up with padding.
 
-    def __init__(self, dataset: ShardStream, epoch_fn: Callable[[], int], **kwargs: Any) -> None:
-        super().__init__(dataset, batch_size=None, **kwargs)
+    The workers' base seed comes from the loader's own generator, seeded by (seed, epoch, rank): iterating the data
+    never draws from torch's global RNG, which the model's dropout draws from (a resumed run restores that RNG and
+    must not see it moved by the data)."""
+
+    def __init__(self, dataset: ShardStream, epoch_fn: Callable[[], StreamPosition], **kwargs: Any) -> None:
+        super().__init__(dataset, batch_size=None, generator=torch.Generator(), **kwargs)
         self.epoch_fn = epoch_fn  # named like the argument, so Lightning could re-create the loader if it had to
 
     def __iter__(self):  # type: ignore[override]
-        self.dataset.set_epoch(self.epoch_fn())
-        return super().__iter__()
+        stream: ShardStream = self.dataset
+        position = self.epoch_fn()
+        stream.start_at(position)
+        self.generator.manual_seed(seed_of(stream.seed, position.epoch, stream.rank, "loader"))
+        batches = super().__iter__()
+        return batches if stream.train else _topped_up(batches, len(stream), stream.padding_batch)
+
+
+def _topped_up(batches: Any, total: int, padding: Callable[[], dict]) -> Any:
+    """Exactly ``total`` batches: the real ones, then padding."""
+    count = 0
+    for batch in batches:
+        if count == total:
+            break
+        yield batch
+        count += 1
+    for _ in range(total - count):
+        yield padding()
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -60,7 +92,8 @@ class ShardDataModule(L.LightningDataModule):
     samples per worker held for shuffling, as compressed bytes (buffer x sample size x workers of RAM).
     ``caption``: training text augmentation (validation uses plain descriptions). ``rank``/``world_size``:
     override the detected ones (tests, custom launchers). In exact mode each worker's last batch may be partial
-    unless ``drop_last``. Validation always reads exactly once, unshuffled, with crops from the start.
+    unless ``drop_last``. Validation reads every sample once, split by samples over ranks and workers, unshuffled,
+    with crops from the start; every rank gets the same number of batches (padding, see :mod:`mgen.data.stream`).
     """
 
     kind: str = ""
@@ -89,6 +122,8 @@ class ShardDataModule(L.LightningDataModule):
         self.plan: BatchPlan | None = None
         self._epoch = 0
         self._streams: dict[str, ShardStream] = {}
+        self.train_position: StreamPosition | None = None  # where the consumed training batches end
+        self._resume: StreamPosition | None = None
 
     # ------------------------------------------------------------------------------------------------ shards
     def shard_entries(self, split: str) -> list[dict[str, Any]]:
@@ -131,6 +166,61 @@ class ShardDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return int(trainer.current_epoch) if trainer is not None else self._epoch
 
+    @property
+    def worker_streams(self) -> int:
+        """Streams one rank's data is read in: its DataLoader workers, or one without workers."""
+        return max(1, self.num_workers)
+
+    def _next_train_pass(self) -> StreamPosition:
+        """Where the train loader's next pass starts: a resumed position (or the epoch after it, when it was taken
+        at an epoch's last batch), else the epoch after the previous pass, else the trainer's epoch."""
+        if getattr(self, "trainer", None) is None:
+            start = StreamPosition.start_of(self._epoch, self.worker_streams)
+        elif self._resume is not None:
+            start, self._resume = self._resume.next_pass(), None
+        elif self.train_position is not None:
+            start = StreamPosition.start_of(self.train_position.epoch + 1, self.worker_streams)
+        else:
+            start = StreamPosition.start_of(self.current_epoch(), self.worker_streams)
+        self.train_position = start
+        return start
+
+    def record_train_batch(self, batch: dict[str, Any], last: bool) -> None:
+        """Note a training batch as consumed; ``last``: the epoch's last one."""
+        stream = batch.get("stream") if isinstance(batch, dict) else None
+        if stream is None or self.train_position is None:
+            return
+        if int(stream["epoch"]) != self.train_position.epoch:
+            raise RuntimeError(f"a batch of epoch {stream['epoch']} arrived in epoch {self.train_position.epoch}")
+        self.train_position = self.train_position.after(int(stream["worker"]), int(stream["samples"]),
+                                                        len(batch["real"]), last)
+
+    def end_train_pass(self) -> None:
+        """Training ended (``max_steps``), perhaps inside an epoch: Lightning counts that epoch as finished, so a run
+        extended from the final checkpoint starts the next one, and so does its data."""
+        if self.train_position is not None:
+            self.train_position = replace(self.train_position, complete=True)
+
+    def resume_at(self, position: StreamPosition) -> None:
+        """Start the next training pass where ``position`` (this rank's, from a checkpoint) left the stream. A
+        position of another number of worker streams cannot be continued: the next epoch starts instead."""
+        if len(position.workers) != self.worker_streams:
+            if self.rank == 0:
+                print(f"[data] the checkpoint's data position is for {len(position.workers)} worker stream(s), this "
+                      f"run reads {self.worker_streams}: training continues with the next epoch "
+                      f"({position.epoch + 1}), not at the exact sample")
+            position = StreamPosition(position.epoch, (WorkerProgress(),) * self.worker_streams, complete=True)
+        self._resume = position
+
+    def check_world_size(self, world_size: int) -> None:
+        """Several ranks train only on resampled epochs: with exact epochs ranks read different numbers of batches
+        and the first to run out leaves the others waiting in a collective."""
+        if world_size > 1 and not self.resampled:
+            raise ValueError(
+                f"data.resampled is false (exact epochs) with {world_size} devices: ranks would read different "
+                f"numbers of batches and stall at the first epoch end; set data.resampled: true and "
+                f"data.epoch_length (samples per rank per epoch) for multi-device training")
+
     # ------------------------------------------------------------------------------------------------ Lightning
     def setup(self, stage: str | None = None) -> None:
         self.rank, self.world_size = self._resolve()
@@ -145,9 +235,13 @@ class ShardDataModule(L.LightningDataModule):
             print(f"[data] warning: Trainer(accumulate_grad_batches={trainer_accumulate}) but the "
                   f"global batch needs {self.plan.accumulate}: pass accumulate_grad_batches="
                   f"dm.accumulate_grad_batches (see dm.batch_plan(world_size))")
-        if self.verbose and self.rank == 0 and self.world_size > 1 and not self.resampled:
-            print("[data] warning: exact epochs with several ranks can give ranks different numbers of batches, "
-                  "which stalls DDP training; use resampled=True with epoch_length for multi-device training")
+        if trainer is not None and stage in (None, "fit"):
+            self.check_world_size(self.world_size)
+            if self.num_samples("valid") == 0 and trainer.limit_val_batches != 0:
+                total = sum(int(e.get("samples", 0)) for e in self.index["shards"])
+                raise ValueError(f"{self.shards_dir}: the validation split is empty (0 of the {total} samples in "
+                                 f"shards.json are 'valid'); shard with a valid fraction > 0, or set "
+                                 f"trainer.limit_val_batches: 0 to train without validation")
         self._streams = {}
 
     def stream(self, split: str) -> ShardStream:
@@ -161,8 +255,9 @@ class ShardDataModule(L.LightningDataModule):
             decoder = self.make_decoder(train)
             self._streams[split] = ShardStream(
                 self.shard_urls(split), decoder, decoder.collate, batch,
-                weights=[float(e.get("samples", 1)) for e in entries], seed=self.seed, rank=self.rank,
-                world_size=self.world_size, train=train, resampled=self.resampled and train,
+                counts=[int(e.get("samples", 1)) for e in entries], seed=self.seed, rank=self.rank,
+                world_size=self.world_size, num_workers=self.num_workers, train=train,
+                resampled=self.resampled and train,
                 epoch_length=self.epoch_length if train else None, shuffle_buffer=self.shuffle_buffer,
                 drop_last=self.drop_last and train)
         return self._streams[split]
@@ -171,8 +266,10 @@ class ShardDataModule(L.LightningDataModule):
         extra: dict[str, Any] = {}
         if self.num_workers > 0:
             extra = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False}
-        return EpochDataLoader(self.stream(split), self.current_epoch, num_workers=self.num_workers,
-                               pin_memory=self.pin_memory, **extra)
+        start = (self._next_train_pass if split == "train"
+                 else lambda: StreamPosition.start_of(self.current_epoch(), self.worker_streams))
+        return EpochDataLoader(self.stream(split), start, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                               **extra)
 
     def train_dataloader(self) -> EpochDataLoader:
         return self.loader("train")

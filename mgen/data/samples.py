@@ -62,7 +62,8 @@ class AudioDecoder:
     caption: CaptionConfig | None
     train: bool
 
-    def __call__(self, sample: dict[str, Any], crop_rng: np.random.Generator, text_rng: random.Random) -> dict:
+    def __call__(self, sample: dict[str, Any], crop_rng: np.random.Generator | None,
+                 text_rng: random.Random | None) -> dict:
         meta = parse_json(sample)
         if "flac" not in sample:
             raise SampleError("audio", "sample has no flac member")
@@ -70,6 +71,11 @@ class AudioDecoder:
                                       crop_rng if self.train else None)
         return {"audio": audio, "padding_mask": mask, "text": select_caption(meta, self.caption, text_rng, self.train),
                 "meta": meta, "key": sample["__key__"]}
+
+    def padding_example(self) -> dict:
+        """Silence with no real sample in it (validation padding, see :meth:`ShardStream.padding_batch`)."""
+        return {"audio": np.zeros((self.channels, self.segment), dtype=np.float32),
+                "padding_mask": np.zeros(self.segment, dtype=bool), "text": "", "meta": {}, "key": ""}
 
     @staticmethod
     def collate(examples: list[dict]) -> dict[str, Any]:
@@ -93,7 +99,8 @@ class TokenDecoder:
     train: bool
     chroma: bool = False
 
-    def __call__(self, sample: dict[str, Any], crop_rng: np.random.Generator, text_rng: random.Random) -> dict:
+    def __call__(self, sample: dict[str, Any], crop_rng: np.random.Generator | None,
+                 text_rng: random.Random | None) -> dict:
         meta = parse_json(sample)
         codes = load_npy(sample, "codes.npy")
         if codes.ndim != 2 or codes.shape[0] != self.num_codebooks or codes.shape[1] == 0:
@@ -115,6 +122,14 @@ class TokenDecoder:
                 raise SampleError("chroma", "chroma contains NaN or Inf")
             part, _ = pad_to(chroma[:, start:start + self.segment].astype(np.float32), self.segment)
             out["chroma"] = part
+        return out
+
+    def padding_example(self) -> dict:
+        """Codes 0 with no real frame (validation padding, see :meth:`ShardStream.padding_batch`)."""
+        out = {"codes": np.zeros((self.num_codebooks, self.segment), dtype=np.int64),
+               "padding_mask": np.zeros(self.segment, dtype=bool), "text": "", "meta": {}, "key": ""}
+        if self.chroma:
+            out["chroma"] = np.zeros((CHROMA_BINS, self.segment), dtype=np.float32)
         return out
 
     def collate(self, examples: list[dict]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class SkipCounter:
         self.worker = worker
         self.by_reason: Counter[str] = Counter()
         self.shard: tuple[int, str] = (-1, "")  # (draw number, url) of the shard being read, set by the source
+        self.quiet = False  # a resumed stream skipping samples it used before: their tar errors were counted then
         self._tar_error_shard: tuple[int, str] | None = None
 
     @property
@@ -58,7 +59,7 @@ class SkipCounter:
         A broken tar raises twice in webdataset (once for the member, once more ending the shard), so tar errors
         count once per shard read; the samples lost after the break are unknown and not counted.
         """
-        if self._tar_error_shard != self.shard:
+        if self._tar_error_shard != self.shard and not self.quiet:
             self._tar_error_shard = self.shard
             self.skip("tar", self.shard[1] or "?", f"{type(exn).__name__}: {str(exn)[:200]}")
         return True
@@ -68,8 +69,9 @@ class SkippedSamplesMonitor(L.Callback):
     """Logs ``data/skipped_samples``: samples skipped so far on this rank (all workers, all epochs).
 
     Batches carry each worker's running count for the current epoch; the monitor keeps the latest value per worker
-    and folds them into a total when a new epoch starts (workers restart each epoch). Samples skipped after a
-    worker's last batch of an epoch are not seen. The value is per rank (no cross-rank reduction per step).
+    and folds them into a total when a new epoch starts (workers restart each epoch). A batch leaves its worker only
+    once the next usable sample is found, so skips up to the end of a worker's stream are counted with its last
+    batch. The value is per rank (no cross-rank reduction per step).
     """
 
     def __init__(self, name: str = "data/skipped_samples") -> None:

@@ -8,7 +8,8 @@ of the next window.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,20 +31,37 @@ class SamplingParams:
     cfg_coef: float = 3.0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 <= self.top_p <= 1.0:
             raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
+        if not (math.isfinite(self.cfg_coef) and self.cfg_coef >= 0):  # 1: no guidance, 0: unconditional only
+            raise ValueError(f"cfg_coef must be a finite number >= 0, got {self.cfg_coef}")
 
     @property
     def uses_cfg(self) -> bool:
         return self.cfg_coef != 1.0
 
 
-def sample_next_tokens(logits: Tensor, params: SamplingParams, generator: torch.Generator | None = None) -> Tensor:
-    """logits [..., card] -> token ids [...]."""
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _multinomial(probs: Tensor, generator: Generators) -> Tensor:
+    """One draw per row of probs [R, V] -> [R, 1]. With a sequence of G generators the rows are split into G equal
+    consecutive groups (batch-major: one group per batch item), each drawn from its own generator, so an item's
+    tokens depend on its own seed only, not on the rest of the batch."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator)
+    if probs.shape[0] % len(generator):
+        raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows of probabilities")
+    groups = probs.split(probs.shape[0] // len(generator))
+    return torch.cat([torch.multinomial(group, 1, generator=g) for group, g in zip(groups, generator)])
+
+
+def sample_next_tokens(logits: Tensor, params: SamplingParams, generator: Generators = None) -> Tensor:
+    """logits [B, ..., card] -> token ids [B, ...]; `generator` may be one per batch item (see `_multinomial`)."""
     if params.greedy or params.temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)
@@ -53,13 +71,13 @@ def sample_next_tokens(logits: Tensor, params: SamplingParams, generator: torch.
         cumulative = sorted_probs.cumsum(dim=-1)
         # keep the smallest prefix whose mass reaches top_p (the first token always stays)
         sorted_probs = sorted_probs.masked_fill(cumulative - sorted_probs > params.top_p, 0.0)
-        choice = torch.multinomial(sorted_probs, 1, generator=generator)
+        choice = _multinomial(sorted_probs, generator)
         tokens = order.gather(-1, choice)
     elif 0 < params.top_k < flat.shape[-1]:
         top_probs, top_ids = flat.topk(params.top_k, dim=-1)
-        tokens = top_ids.gather(-1, torch.multinomial(top_probs, 1, generator=generator))
+        tokens = top_ids.gather(-1, _multinomial(top_probs, generator))
     else:
-        tokens = torch.multinomial(flat, 1, generator=generator)
+        tokens = _multinomial(flat, generator)
     return tokens.reshape(probs.shape[:-1])
 
 
@@ -76,7 +94,7 @@ def _guided_logits(lm: LM, sequence: Tensor, conditioning: Conditioning | None, 
 @torch.no_grad()
 def generate_window(lm: LM, num_frames: int, conditioning: Conditioning | None = None,
                     prompt: Tensor | None = None, params: SamplingParams | None = None, batch_size: int = 1,
-                    generator: torch.Generator | None = None, progress: ProgressFn | None = None) -> Tensor:
+                    generator: Generators = None, progress: ProgressFn | None = None) -> Tensor:
     """Generate codes [B, K, num_frames] in one pass (num_frames within what the model was trained on).
 
     conditioning: the conditional tensors; with CFG the null condition is derived from it and the two run
@@ -139,7 +157,7 @@ def generate_window(lm: LM, num_frames: int, conditioning: Conditioning | None =
 @torch.no_grad()
 def generate(lm: LM, num_frames: int, conditioning: Conditioning | None = None, prompt: Tensor | None = None,
              params: SamplingParams | None = None, batch_size: int = 1, max_window: int | None = None,
-             stride: int | None = None, generator: torch.Generator | None = None,
+             stride: int | None = None, generator: Generators = None,
              progress: ProgressFn | None = None) -> Tensor:
     """Generate codes [B, K, num_frames], sliding over windows of `max_window` frames when longer.
 

@@ -251,6 +251,15 @@ class LM(nn.Module):
         return pattern.revert_logits(logits, keep_only_valid_steps=True)
 
 
+def _valid_targets(logits: Tensor, mask: Tensor, padding_mask: Tensor | None) -> Tensor:
+    """[B, K, T] bool: positions the pattern makes valid and the padding mask marks as real."""
+    b, k, t, _ = logits.shape
+    valid = mask[None].expand(b, k, t)
+    if padding_mask is not None:
+        valid = valid & padding_mask[:, None, :].to(torch.bool)
+    return valid
+
+
 def cross_entropy_per_codebook(logits: Tensor, codes: Tensor, mask: Tensor,
                                padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Mean cross-entropy over valid positions, per codebook and averaged over codebooks.
@@ -259,18 +268,26 @@ def cross_entropy_per_codebook(logits: Tensor, codes: Tensor, mask: Tensor,
     [B, T] (real audio frames). Invalid positions never touch the loss, NaN filler included.
     Returns (loss, per_codebook [K]).
     """
-    b, k, t, card = logits.shape
-    valid = mask[None].expand(b, k, t)
-    if padding_mask is not None:
-        valid = valid & padding_mask[:, None, :].to(torch.bool)
+    valid = _valid_targets(logits, mask, padding_mask)
     per_codebook = []
-    for q in range(k):
+    for q in range(logits.shape[1]):
         sel = valid[:, q]
         ce = F.cross_entropy(logits[:, q][sel].float(), codes[:, q][sel], reduction="mean") if sel.any() \
             else logits.new_zeros(())
         per_codebook.append(ce)
     per_codebook_t = torch.stack(per_codebook)
     return per_codebook_t.mean(), per_codebook_t
+
+
+def cross_entropy_sums(logits: Tensor, codes: Tensor, mask: Tensor,
+                       padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per codebook: the summed cross-entropy over valid positions and their number (both ``[K]``), so that means
+    over many batches (and ranks) weight every token once: ``sum(sums) / sum(counts)``. Same arguments as
+    :func:`cross_entropy_per_codebook`."""
+    valid = _valid_targets(logits, mask, padding_mask)
+    sums = torch.stack([F.cross_entropy(logits[:, q][valid[:, q]].float(), codes[:, q][valid[:, q]], reduction="sum")
+                        for q in range(logits.shape[1])])
+    return sums, valid.sum(dim=(0, 2))
 
 
 def build_lm(cfg: LMConfig | str, **overrides: Any) -> LM:

@@ -25,7 +25,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 
 from mgen.codec.checkpoint import save_codec
 from mgen.codec.discriminator import MultiScaleSTFTDiscriminator
@@ -33,7 +33,9 @@ from mgen.codec.losses import (LossBalancer, MultiScaleMelLoss, feature_matching
                                hinge_generator_loss, l1_waveform_loss, si_snr)
 from mgen.codec.model import Codec, CodecConfig
 from mgen.recipes import recipe_section
+from mgen.train.checkpoints import Retention, RunCheckpoint, check_interval
 from mgen.train.media import log_audio_examples
+from mgen.train.validation import Totals, real_samples
 
 KNOWN_LOSSES = ("adv", "feat", "l1", "msspec")
 # Multi-device strategy for codec training: each step runs a discriminator backward that leaves the codec
@@ -96,13 +98,23 @@ class CodecTrainConfig:
         return cls(**d)
 
 
-def codebook_statistics(codes: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per codebook: perplexity (exp of the code entropy) and the fraction of codes used. codes [B, K, T]."""
-    k = codes.shape[1]
-    counts = torch.stack([torch.bincount(codes[:, q].reshape(-1), minlength=bins) for q in range(k)]).float()
+def code_counts(codes: torch.Tensor, bins: int) -> torch.Tensor:
+    """``[K, bins]``: how often each code of each codebook occurs in codes ``[B, K, T]``."""
+    return torch.stack([torch.bincount(codes[:, q].reshape(-1), minlength=bins) for q in range(codes.shape[1])])
+
+
+def statistics_of_counts(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per codebook, from code counts ``[K, bins]``: perplexity (exp of the code entropy) and the fraction of codes
+    used."""
+    counts = counts.float()
     probs = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
     entropy = -(probs * probs.clamp(min=1e-12).log()).sum(dim=1)
     return entropy.exp(), (counts > 0).float().mean(dim=1)
+
+
+def codebook_statistics(codes: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per codebook: perplexity (exp of the code entropy) and the fraction of codes used. codes [B, K, T]."""
+    return statistics_of_counts(code_counts(codes, bins))
 
 
 class CodecModule(L.LightningModule):
@@ -126,6 +138,9 @@ class CodecModule(L.LightningModule):
         self.balancer = LossBalancer(self.train_cfg.loss_weights, balance=self.train_cfg.balance)
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("ema_count", torch.zeros((), dtype=torch.float64))
+        codebooks = codec_cfg.quantizer.n_q * codec_cfg.channels  # codes are [B, n_q x C, T]
+        self.val_totals = Totals({"si_snr": (), "mel_distance": (), "samples": (),
+                                  "codes": (codebooks, codec_cfg.quantizer.bins)})
 
     # ----------------------------------------------------------------------------------------- utils
     @staticmethod
@@ -254,17 +269,42 @@ class CodecModule(L.LightningModule):
         return {"si_snr": si_snr(recon, wav).mean(), "mel_distance": self.mel_loss(recon, wav),
                 "perplexity_mean": perplexity.mean(), "usage_mean": usage.mean(), "recon": recon}
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_totals.reset()
+
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Adds per-sample SI-SNR and mel distance and the code histogram of the real samples (padding samples
+        add nothing); the metrics are computed over the whole validation set in ``on_validation_epoch_end``."""
         wav = self.audio_of(batch)
-        metrics = self.reconstruction_metrics(wav)
-        recon = metrics.pop("recon")
-        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, on_epoch=True, sync_dist=True,
-                      batch_size=wav.shape[0])
+        real = real_samples(batch, wav.shape[0], wav.device)
+        codec = self.eval_codec
+        with torch.no_grad():
+            codes = codec.encode(wav)
+            recon = codec.decode(codes, length=wav.shape[-1])
+            snr = si_snr(recon, wav).mean(dim=1)  # [B], mean over channels
+            mel = torch.stack([self.mel_loss(recon[i:i + 1], wav[i:i + 1]) for i in range(wav.shape[0])])
+        zero = snr.new_zeros(())
+        self.val_totals.update(si_snr=torch.where(real, snr, zero).sum(),
+                               mel_distance=torch.where(real, mel, zero).sum(), samples=real.sum(),
+                               codes=code_counts(codes[real], codec.cardinality))
         n = self.train_cfg.num_audio_examples
         if batch_idx == 0 and n > 0 and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             sr = self.codec.sample_rate
-            log_audio_examples(self.loggers, "val/reconstruction", list(recon[:n]), sr, self.global_step)
-            log_audio_examples(self.loggers, "val/reference", list(wav[:n]), sr, self.global_step)
+            log_audio_examples(self.loggers, "val/reconstruction", list(recon[real][:n]), sr, self.global_step)
+            log_audio_examples(self.loggers, "val/reference", list(wav[real][:n]), sr, self.global_step)
+
+    def on_validation_epoch_end(self) -> None:
+        """Means over every validation sample of every rank (totals summed over ranks first); same on every rank."""
+        totals = self.val_totals.compute()
+        self.val_totals.reset()
+        samples = float(totals["samples"])
+        if samples == 0:
+            return  # no validation sample reached this pass (e.g. limit_val_batches: 0)
+        perplexity, usage = statistics_of_counts(totals["codes"])
+        metrics = {"si_snr": totals["si_snr"] / samples, "mel_distance": totals["mel_distance"] / samples,
+                   "perplexity_mean": perplexity.mean(), "usage_mean": usage.mean()}
+        # identical on every rank: "max" keeps the value exact where a mean over ranks could round it
+        self.log_dict({f"val/{k}": v.float() for k, v in metrics.items()}, sync_dist=True, reduce_fx="max")
 
     # ----------------------------------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -276,7 +316,7 @@ class CodecModule(L.LightningModule):
 
 
 # ---------------------------------------------------------------------------------------------- recipes
-RECIPE_SECTIONS = {"task", "model", "train", "data", "trainer", "ema", "logging"}
+RECIPE_SECTIONS = {"task", "model", "train", "data", "trainer", "ema", "logging", "eval"}
 
 
 def _section(recipe: dict[str, Any], name: str, known: set[str] | None = None) -> dict[str, Any]:
@@ -321,20 +361,20 @@ def build_codec_module(recipe: dict[str, Any]) -> CodecModule:
     return CodecModule(codec_cfg.to_dict(), asdict(train_cfg))
 
 
-class UpdateCheckpoint(ModelCheckpoint):
-    """`ModelCheckpoint` that counts generator updates, not optimiser steps.
+class UpdateCheckpoint(RunCheckpoint):
+    """The run's checkpoints (`RunCheckpoint`: last.ckpt, retention), counted in generator updates, not optimiser
+    steps.
 
     With manual optimisation and two optimisers `trainer.global_step` advances by two per batch once the
     discriminator trains (one before), so `every_n_train_steps` would not mean "updates". This saves every
     `every_n_updates` generator updates and at `max_updates`; file names carry the update count.
     """
 
-    def __init__(self, every_n_updates: int, **kwargs: Any) -> None:
+    def __init__(self, every_n_updates: int, dirpath: str | Path | None = None, retention: Retention | None = None,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("filename", "codec-{updates}")
-        super().__init__(every_n_train_steps=0, **kwargs)
-        if every_n_updates < 1:
-            raise ValueError(f"checkpoint_every_n_updates must be >= 1, got {every_n_updates}")
-        self.every_n_updates = every_n_updates
+        super().__init__(dirpath, retention or Retention(), every_n_train_steps=0, **kwargs)
+        self.every_n_updates = check_interval("checkpoint_every_n_updates", every_n_updates)
 
     def _monitor_candidates(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
         candidates = super()._monitor_candidates(trainer)
@@ -356,15 +396,16 @@ class UpdateCheckpoint(ModelCheckpoint):
 
 
 def codec_callbacks(recipe: dict[str, Any], dirpath: str | Path | None = None) -> list[Callback]:
-    """Callbacks a codec run needs: LR monitor and an update-counting checkpoint (keeps the latest + last.ckpt).
+    """Callbacks a codec run needs: LR monitor and an update-counting checkpoint (`trainer.checkpoints` says how
+    many are kept, last.ckpt always).
 
     EMA is not a callback: the module keeps `codec_ema` itself (see the module docstring).
     """
     trainer = _section(recipe, "trainer")
-    every = int(trainer.get("checkpoint_every_n_updates", 1000))
+    every = trainer.get("checkpoint_every_n_updates", 1000)
     return [
         LearningRateMonitor(logging_interval="step"),
-        UpdateCheckpoint(every_n_updates=every, dirpath=dirpath, save_last=True, save_top_k=1),
+        UpdateCheckpoint(every_n_updates=every, dirpath=dirpath, retention=Retention.from_recipe(trainer)),
     ]
 
 
@@ -395,4 +436,5 @@ def export_codec(module: CodecModule, out_dir: str | Path) -> Path:
 
 
 __all__ = ["DDP_STRATEGY", "CodecModule", "CodecTrainConfig", "UpdateCheckpoint", "build_codec_module",
-           "codec_callbacks", "codec_config_from_recipe", "codec_trainer_kwargs", "codebook_statistics", "export_codec"]
+           "code_counts", "codec_callbacks", "codec_config_from_recipe", "codec_trainer_kwargs", "codebook_statistics",
+           "export_codec", "statistics_of_counts"]

@@ -8,6 +8,8 @@ from typing import Any
 import lightning as L
 
 from mgen.data import AudioDataModule
+from mgen.train.checkpoints import CHECKPOINT_DIR
+from mgen.train.eval_metrics import codec_eval_callbacks
 from mgen.train.codec_module import (DDP_STRATEGY, CodecModule, build_codec_module, codec_callbacks, codec_trainer_kwargs,
                                      export_codec)
 
@@ -33,7 +35,8 @@ def build(recipe: dict[str, Any], run_dir: Path) -> tuple[CodecModule, AudioData
         global_batch_size=int(data.get("global_batch_size", 8)), num_workers=int(data.get("num_workers", 2)),
         seed=int(recipe.get("seed", 0)), resampled=bool(data.get("resampled", True)),
         epoch_length=data.get("epoch_length", 1000), max_batch_per_device=data.get("max_batch_per_device"))
-    return module, datamodule, codec_callbacks(_module_recipe(recipe), run_dir / "checkpoints")
+    callbacks = codec_callbacks(_module_recipe(recipe), run_dir / CHECKPOINT_DIR) + codec_eval_callbacks(recipe)
+    return module, datamodule, callbacks
 
 
 def trainer_options(recipe: dict[str, Any], datamodule: AudioDataModule, world_size: int) -> dict[str, Any]:
@@ -41,6 +44,7 @@ def trainer_options(recipe: dict[str, Any], datamodule: AudioDataModule, world_s
         raise ValueError("codec training updates the generator and the discriminator every batch and does not "
                          "accumulate gradients: make data.global_batch_size fit on the devices "
                          "(or raise data.max_batch_per_device)")
+    datamodule.check_world_size(world_size)
     options = codec_trainer_kwargs(_module_recipe(recipe))
     if world_size > 1:
         options["strategy"] = DDP_STRATEGY

@@ -1,17 +1,22 @@
 """`mgen fit`: one entry that turns a recipe into a Lightning run, on a laptop or under Slurm.
 
 A run directory holds everything a run makes: `recipe.yaml` (the resolved recipe), `checkpoints/`
-(`last.ckpt` and periodic ones), `logs/` (CSV, and W&B when asked), `export/` (the final model in the
-documented format). Re-running the same command resumes from the most advanced checkpoint of the run:
-`checkpoints/last.ckpt` or an `hpc_ckpt_N.ckpt` written on a Slurm pre-emption signal (see
-`SlurmPreemption`: the ranks stop together at a step boundary, save, and the job requeues itself).
+(`last.ckpt`, periodic ones and `hpc_ckpt_N.ckpt` written on a Slurm pre-emption signal), `logs/` (CSV, media,
+and W&B when asked), `export/` (the final model in the documented format) and `.lock` while a job runs.
+Re-running the same command resumes from the most advanced readable checkpoint of the run
+(`mgen.train.checkpoints`); under Slurm the ranks stop together at a step boundary, save, and the job requeues
+itself (`SlurmPreemption`).
+
+Many processes start on one run directory (the ranks of a job, started together by Slurm or torchrun, or by
+Lightning inside `trainer.fit`), so only global rank 0 writes there, and only once it holds the run lock
+(`mgen.train.run_lock`): a second job on the same directory refuses before writing anything. The Trainer is made
+first because its constructor writes nothing and knows each process's rank.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,9 +26,14 @@ import torch
 import yaml
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
+from mgen.atomic import remove_stale_temporaries, write_text_atomic
 from mgen.recipes import load_recipe
-from mgen.train.loggers import make_loggers
-from mgen.train.preemption import SlurmPreempted, SlurmPreemption, requeue_job, resume_path
+from mgen.train.checkpoints import CHECKPOINT_DIR, AtomicCheckpointIO, resume_checkpoint
+from mgen.train.exact_resume import ExactResume
+from mgen.train.loggers import ResumableCSVLogger, finish_loggers, make_loggers
+from mgen.train.preemption import SlurmPreempted, SlurmPreemption, requeue_job
+from mgen.train.recipe_checks import checked_recipe
+from mgen.train.run_lock import RunLock
 
 # recipe `task:` -> module with build(recipe, run_dir) -> (module, datamodule, callbacks),
 # trainer_options(recipe, datamodule, world_size) -> Trainer kwargs, and export(module, trainer, run_dir)
@@ -76,8 +86,9 @@ def fit(recipe: dict[str, Any] | str | Path, run_dir: str | Path, data: str | No
 def _fit(recipe: dict[str, Any] | str | Path, run_dir: str | Path, data: str | None,
          overrides: list[str] | None, devices: int | str, num_nodes: int, accelerator: str, wandb: bool,
          resume: bool, preemption: SlurmPreemption | None) -> dict[str, Any]:
-    recipe = load_recipe(recipe) if not isinstance(recipe, dict) else recipe
-    recipe = apply_overrides(recipe, overrides or [])
+    loaded = load_recipe(recipe) if not isinstance(recipe, dict) else recipe
+    recipe = checked_recipe(apply_overrides(loaded, overrides or []), loaded, overrides or [],
+                            source=None if isinstance(recipe, dict) else str(recipe))
     if data is not None:
         _set(recipe, "data.shards", data)
     task = recipe.get("task")
@@ -86,43 +97,81 @@ def _fit(recipe: dict[str, Any] | str | Path, run_dir: str | Path, data: str | N
     if not recipe.get("data", {}).get("shards"):
         raise ValueError("no training data: pass --data SHARDS_DIR or set data.shards in the recipe")
     run_dir = Path(run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "recipe.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    os.replace(tmp, run_dir / "recipe.yaml")
     L.seed_everything(int(recipe.get("seed", 0)), workers=True)
     builder = importlib.import_module(TASK_BUILDERS[task])
     module, datamodule, callbacks = builder.build(recipe, run_dir)
+    callbacks = [ExactResume(), *callbacks]  # first: it must see each batch before a callback saves a checkpoint
+    trainer = make_trainer(recipe, builder, datamodule, callbacks, run_dir, devices, num_nodes, accelerator, wandb,
+                           preemption)
+    lock = RunLock(run_dir).acquire() if trainer.is_global_zero else None
+    try:
+        return _train(trainer, builder, module, datamodule, recipe, run_dir, resume, preemption)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def make_trainer(recipe: dict[str, Any], builder: Any, datamodule: L.LightningDataModule, callbacks: list[L.Callback],
+                 run_dir: Path, devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto",
+                 wandb: bool = False, preemption: SlurmPreemption | None = None) -> L.Trainer:
+    """The Trainer of a run: the recipe's options and strategy, the run's loggers, and `AtomicCheckpointIO` as the
+    strategy's checkpoint writer (every strategy: one device, DDP, FSDP). Writes nothing."""
     trainer_cfg = recipe.get("trainer", {})
     options: dict[str, Any] = {
         "max_epochs": -1, "max_steps": -1, "check_val_every_n_epoch": None,
         "precision": trainer_cfg.get("precision", "32-true"),
-        "val_check_interval": int(trainer_cfg.get("val_every_n_batches", 200)),
         "limit_val_batches": trainer_cfg.get("limit_val_batches", 4),
         "log_every_n_steps": int(trainer_cfg.get("log_every_n_steps", 10)),
     }
     world_size = _device_count(devices, accelerator) * num_nodes
     options.update(builder.trainer_options(recipe, datamodule, world_size))
+    plugins: list[Any] = [AtomicCheckpointIO()]
     if preemption is not None:  # our pre-emption handling replaces Lightning's (see SlurmPreemption)
-        options["plugins"] = [SLURMEnvironment(auto_requeue=False)]
+        plugins.append(SLURMEnvironment(auto_requeue=False))
         callbacks = [*callbacks, preemption]
-    found = resume_path(run_dir) if resume else None
+    loggers = make_loggers(run_dir, recipe, wandb)
+    return L.Trainer(
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes, num_sanity_val_steps=0,
+        default_root_dir=str(run_dir), logger=loggers, callbacks=callbacks, plugins=plugins,
+        enable_progress_bar=trainer_cfg.get("progress_bar", True), **options)
+
+
+def write_resolved_recipe(run_dir: Path, recipe: dict[str, Any]) -> None:
+    """RUN/recipe.yaml: the recipe as this run reads it (overrides applied), committed atomically."""
+    write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
+
+
+def _train(trainer: L.Trainer, builder: Any, module: L.LightningModule, datamodule: L.LightningDataModule,
+           recipe: dict[str, Any], run_dir: Path, resume: bool,
+           preemption: SlurmPreemption | None) -> dict[str, Any]:
+    primary = trainer.is_global_zero
+    if primary:  # under the run lock: what killed processes left half-written is debris now
+        for folder in (run_dir, run_dir / CHECKPOINT_DIR, run_dir / "logs", run_dir / "logs" / "media"):
+            remove_stale_temporaries(folder, owned=True)
+    found = resume_checkpoint(run_dir, primary=primary) if resume else None
     ckpt, resumed_at = found if found else (None, None)
     if found:
         print(f"[mgen fit] resuming from {ckpt} (global step {resumed_at})")
-    trainer = L.Trainer(
-        accelerator=accelerator, devices=devices, num_nodes=num_nodes, num_sanity_val_steps=0,
-        default_root_dir=str(run_dir), logger=make_loggers(run_dir, recipe, wandb, resumed_at), callbacks=callbacks,
-        enable_progress_bar=trainer_cfg.get("progress_bar", True), **options)
+    for logger in trainer.loggers:
+        if isinstance(logger, ResumableCSVLogger):
+            logger.resumed_at = resumed_at
+    if primary:
+        write_resolved_recipe(run_dir, recipe)
+    failed = True
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
-    except SlurmPreempted:
-        assert preemption is not None and preemption.saved is not None
-        print(f"[mgen fit] pre-empted at global step {preemption.step}: saved {preemption.saved}")
-        requeued = requeue_job() if trainer.is_global_zero else None
-        return {"run_dir": str(run_dir), "export": None, "global_step": preemption.step, "metrics": {},
-                "preempted": True, "checkpoint": str(preemption.saved), "requeued": requeued}
-    export_dir = builder.export(module, trainer, run_dir)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        except SlurmPreempted:
+            failed = False
+            assert preemption is not None and preemption.saved is not None
+            print(f"[mgen fit] pre-empted at global step {preemption.step}: saved {preemption.saved}")
+            requeued = requeue_job() if trainer.is_global_zero else None
+            return {"run_dir": str(run_dir), "export": None, "global_step": preemption.step, "metrics": {},
+                    "preempted": True, "checkpoint": str(preemption.saved), "requeued": requeued}
+        export_dir = builder.export(module, trainer, run_dir)
+        failed = False
+    finally:
+        finish_loggers(trainer.loggers, failed)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     return {"run_dir": str(run_dir), "export": str(export_dir) if export_dir else None,
             "global_step": trainer.global_step, "metrics": metrics}

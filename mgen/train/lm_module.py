@@ -18,7 +18,8 @@ import torch
 
 from mgen.conditioning import MELODY, MelodyConditioner
 from mgen.conditioning.provider import ConditioningConfig, build_condition_provider
-from mgen.lm.model import LM, Conditioning, LMConfig, count_parameters, cross_entropy_per_codebook
+from mgen.lm.model import LM, Conditioning, LMConfig, count_parameters, cross_entropy_per_codebook, cross_entropy_sums
+from mgen.train.validation import Totals, real_samples
 
 
 @dataclass
@@ -64,6 +65,8 @@ class LMModule(L.LightningModule):
         # not as a submodule: checkpoints, EMA copies and the optimiser never see it.
         self.__dict__["_codec"] = None
         self._last_time: float | None = None
+        n_q = self.lm_cfg.n_q
+        self.val_totals = Totals({"ce": (n_q,), "tokens": (n_q,)})
 
     # ---------------------------------------------------------------------------------------- inputs
     def codec(self):
@@ -138,11 +141,31 @@ class LMModule(L.LightningModule):
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, batch_size=1)
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_totals.reset()
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss, per_codebook, _ = self._loss(batch)
-        self.log("val/ce", loss, on_epoch=True, sync_dist=True, prog_bar=True, batch_size=1)
-        for q, ce in enumerate(per_codebook):
-            self.log(f"val/ce_q{q}", ce, on_epoch=True, sync_dist=True, batch_size=1)
+        """Adds the batch's summed cross-entropy and token count per codebook (padding samples add nothing)."""
+        codes, padding = self.tokens_of(batch)
+        padding = padding & real_samples(batch, codes.shape[0], padding.device)[:, None]
+        cond = self.conditioning_of(batch, codes.shape[0])
+        logits, mask = self.lm.compute_predictions(codes, cond)
+        sums, tokens = cross_entropy_sums(logits, codes, mask, padding)
+        self.val_totals.update(ce=sums, tokens=tokens)
+
+    def on_validation_epoch_end(self) -> None:
+        """``val/ce``: the mean over codebooks of each codebook's cross-entropy over every validation token of every
+        rank (the totals are summed over ranks first, see :mod:`mgen.train.validation`); same on every rank."""
+        totals = self.val_totals.compute()
+        self.val_totals.reset()
+        scored = totals["tokens"] > 0  # a codebook can have no target at all in very short segments (delays)
+        if not bool(scored.any()):
+            return  # no validation token reached this pass (e.g. limit_val_batches: 0)
+        per_codebook = (totals["ce"] / totals["tokens"].clamp(min=1)).float()
+        # identical on every rank: "max" keeps the value exact where a mean over ranks could round it
+        self.log("val/ce", per_codebook[scored].mean(), prog_bar=True, sync_dist=True, reduce_fx="max")
+        for q in scored.nonzero().flatten().tolist():
+            self.log(f"val/ce_q{q}", per_codebook[q], sync_dist=True, reduce_fx="max")
 
     # ----------------------------------------------------------------------------------- optimiser
     def _lr_lambda(self, step: int) -> float:

@@ -48,6 +48,12 @@ class ValidationSamples(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.validations += 1
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"validations": self.validations}  # a resumed run keeps the every_n_validations rhythm
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.validations = int(state_dict.get("validations", 0))
+
     def _due(self, trainer: L.Trainer, batch_idx: int, dataloader_idx: int) -> bool:
         return (batch_idx == 0 and dataloader_idx == 0 and not trainer.sanity_checking
                 and (self.validations - 1) % self.every == 0)

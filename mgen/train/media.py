@@ -1,18 +1,21 @@
 """Audio examples and spectrogram images for whatever logger a run uses.
 
 W&B and TensorBoard get native media; every logger (CSV included) also gets WAV and PNG files under
-`<log_dir>/media/`, so samples are never lost when no media-capable logger is configured.
+`<log_dir>/media/`, so samples are never lost when no media-capable logger is configured. Callers log from global
+rank 0 only; each file is committed whole (`mgen.atomic`), its name carrying the step.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from PIL import Image
+
+from mgen.atomic import atomic_write
 
 
 def log_mel_image(wav: torch.Tensor, sample_rate: int, n_fft: int = 1024, n_mels: int = 80) -> np.ndarray:
@@ -42,9 +45,14 @@ def _media_dir(logger) -> Path:
 
 
 def write_wav(path: Path, wav: torch.Tensor, sample_rate: int) -> None:
-    tmp = path.with_suffix(".tmp.wav")
-    sf.write(tmp, wav.detach().float().cpu().numpy().T, sample_rate, subtype="PCM_16")
-    os.replace(tmp, path)
+    """Audio [C, L] as 16-bit WAV, committed atomically (a reader never sees half a file)."""
+    with atomic_write(path) as file:
+        sf.write(file, wav.detach().float().cpu().numpy().T, sample_rate, format="WAV", subtype="PCM_16")
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    with atomic_write(path) as file:
+        Image.fromarray(image).save(file, format="PNG")
 
 
 def log_audio_examples(loggers: list, key: str, wavs: list[torch.Tensor], sample_rate: int, step: int,
@@ -54,12 +62,11 @@ def log_audio_examples(loggers: list, key: str, wavs: list[torch.Tensor], sample
     images = [log_mel_image(w.mean(0), sample_rate) for w in wavs]
     captions = captions or [f"{key} {i}" for i in range(len(wavs))]
     for logger in loggers:
-        name = type(logger).__name__
-        if name == "WandbLogger":
+        if isinstance(logger, WandbLogger):
             logger.log_audio(key=key, audios=[w.detach().float().cpu().mean(0).numpy() for w in wavs], step=step,
                              sample_rate=[sample_rate] * len(wavs), caption=captions)
             logger.log_image(key=f"{key}/spectrogram", images=images, step=step, caption=captions)
-        elif name == "TensorBoardLogger":
+        elif isinstance(logger, TensorBoardLogger):
             for i, (w, img) in enumerate(zip(wavs, images)):
                 logger.experiment.add_audio(f"{key}/{i}", w.detach().float().cpu().mean(0), step, sample_rate)
                 logger.experiment.add_image(f"{key}/{i}/spectrogram", img, step, dataformats="HWC")
@@ -70,6 +77,6 @@ def log_audio_examples(loggers: list, key: str, wavs: list[torch.Tensor], sample
         wav_path = folder / f"{safe}_step{step}_{i}.wav"
         write_wav(wav_path, w, sample_rate)
         png_path = folder / f"{safe}_step{step}_{i}.png"
-        Image.fromarray(img).save(png_path)
+        write_png(png_path, img)
         written += [wav_path, png_path]
     return written

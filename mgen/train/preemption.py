@@ -1,8 +1,8 @@
-"""Resuming and Slurm pre-emption: which checkpoint a run continues from, and how it stops when told to.
+"""Slurm pre-emption: how a run stops when told to, so that its requeued job resumes where it stopped.
 
-A run continues from its most advanced readable checkpoint: `checkpoints/last.ckpt` or an `hpc_ckpt_N.ckpt`
-written on a Slurm pre-emption signal. `SlurmPreemption` makes that signal safe for sharded and replicated
-models: the ranks stop together at a step boundary, save, and `fit` requeues the job.
+`SlurmPreemption` makes the signal safe for sharded and replicated models: the ranks stop together at a step
+boundary, save `RUN/checkpoints/hpc_ckpt_N.ckpt`, and `fit` requeues the job. Which checkpoint a start resumes
+from is `mgen.train.checkpoints.resume_checkpoint`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import warnings
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -19,41 +18,13 @@ from typing import Any
 import lightning as L
 import torch
 
-from mgen.errors import first_line
-
-HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # pre-emption checkpoints in the run directory (Lightning's naming)
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    """global_step of a Lightning checkpoint (memory-mapped: the weights are not read), None if unreadable."""
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-    except Exception as err:  # noqa: BLE001 - a file cut short by a kill must not stop the resume
-        warnings.warn(f"{path}: not a readable checkpoint ({first_line(err, 200)}); not resuming from it",
-                      stacklevel=2)
-        return None
-
-
-def resume_path(run_dir: Path) -> tuple[str, int] | None:
-    """(path, global step) of the checkpoint to resume from: the most advanced readable one of
-    `checkpoints/last.ckpt` and `hpc_ckpt_*.ckpt` (ties: the newest file), None for a fresh run.
-
-    Lightning itself looks for hpc checkpoints only when `trainer.fit` gets no `ckpt_path` under Slurm, and
-    then ignores last.ckpt even when it is more recent; `fit` always passes the path chosen here."""
-    best: tuple[tuple[int, float], Path] | None = None
-    for path in [run_dir / "checkpoints" / "last.ckpt", *sorted(run_dir.glob(HPC_CHECKPOINTS))]:
-        if not path.is_file():
-            continue
-        step = _checkpoint_step(path)
-        if step is not None and (best is None or (step, path.stat().st_mtime) > best[0]):
-            best = ((step, path.stat().st_mtime), path)
-    return (str(best[1]), best[0][0]) if best else None
+from mgen.train.checkpoints import CHECKPOINT_DIR, HPC_PATTERN, RunCheckpoint
 
 
 def next_hpc_path(run_dir: Path) -> Path:
-    names = (re.fullmatch(r"hpc_ckpt_(\d+)\.ckpt", p.name) for p in run_dir.glob(HPC_CHECKPOINTS))
-    numbers = [int(m.group(1)) for m in names if m]
-    return run_dir / f"hpc_ckpt_{max(numbers, default=0) + 1}.ckpt"
+    folder = run_dir / CHECKPOINT_DIR
+    numbers = [int(m.group(1)) for p in folder.glob("hpc_ckpt_*.ckpt") if (m := HPC_PATTERN.fullmatch(p.name))]
+    return folder / f"hpc_ckpt_{max(numbers, default=0) + 1}.ckpt"
 
 
 class SlurmPreempted(Exception):
@@ -67,7 +38,7 @@ class SlurmPreemption(L.Callback):
     handler, wherever each rank happens to be. With FSDP (or DDP) the ranks are rarely at the same point:
     one is waiting in a gradient reduce-scatter when another starts gathering weights for the checkpoint, and
     the collectives pair up wrongly (hang or garbage). Here the handler only raises a flag; after each
-    optimiser step the ranks agree on it (one all-reduce), all write RUN/hpc_ckpt_N.ckpt at the same point,
+    optimiser step the ranks agree on it (one all-reduce), all write hpc_ckpt_N.ckpt at the same point,
     and training ends; `fit` then requeues the job (`scontrol requeue`) instead of exporting. The handler is
     installed when the callback is made, before the slow start-up, because SIGUSR1's default action kills."""
 
@@ -99,9 +70,16 @@ class SlurmPreemption(L.Callback):
             flag = trainer.strategy.reduce(flag, reduce_op="max")
         if flag.item() == 0:
             return
-        path = next_hpc_path(self.run_dir)
+        path = Path(trainer.strategy.broadcast(str(next_hpc_path(self.run_dir))))  # rank 0 names it
         trainer.save_checkpoint(path)  # every rank, at the same point: the strategy's collectives line up
+        for callback in trainer.checkpoint_callbacks:  # the retention counts pre-emption checkpoints too
+            if isinstance(callback, RunCheckpoint):
+                callback.prune(trainer)
         self.saved, self.step = path, trainer.global_step
+        # Lightning logs this step's metrics right after this hook, which the exception skips; the resumed run
+        # starts after this step, so without this its row would be missing from metrics.csv for good.
+        trainer._logger_connector.on_batch_end()
+        trainer._logger_connector.update_train_step_metrics()
         raise SlurmPreempted(f"pre-empted at step {trainer.global_step}: saved {path}")
 
 
