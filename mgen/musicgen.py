@@ -23,7 +23,7 @@ from mgen.codec.checkpoint import load_codec
 from mgen.codec.model import Codec
 from mgen.export_dir import WEIGHTS_NAME, read_export_config
 from mgen.conditioning import ConditionProvider
-from mgen.conditioning.provider import ConditioningConfig, build_condition_provider
+from mgen.conditioning.provider import MELODY, ConditioningConfig, build_condition_provider
 from mgen.lm.generate import ProgressFn, SamplingParams, generate
 from mgen.lm.model import LM, LMConfig
 
@@ -96,6 +96,16 @@ class MusicGen:
             raise ValueError(f"{len(seeds)} seeds for {batch} prompts: give one seed, or one per prompt")
         return [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
 
+    def _melody_frames(self, melody: Tensor | None, sample_rate: int | None) -> int | None:
+        """The melody prefix length the LM was trained with (its training window's chroma frames): a melody's
+        chroma is looped or cut to it, as in training and in audiocraft, so that a melody shorter than the window
+        does not give the LM a prefix of a length it never saw (its frames would no longer line up with the
+        audio's)."""
+        conditioner = self.conditioner.conditioners[MELODY] if MELODY in self.conditioner.conditioners else None
+        if melody is None or conditioner is None or not sample_rate:
+            return None
+        return conditioner.frames_for(round(self.max_window_seconds * sample_rate), sample_rate)
+
     def to(self, device: str | torch.device) -> "MusicGen":
         self.lm.to(device)
         self.conditioner.to(device)
@@ -130,7 +140,8 @@ class MusicGen:
             raise ValueError(f"duration must be > 0 seconds (and finite), got {duration}")
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, cfg_coef=cfg_coef)
         frames = max(1, round(duration * self.codec.frame_rate))
-        conditioning = self.conditioner(texts=list(texts), melody_wavs=melody, sample_rate=melody_sample_rate)
+        conditioning = self.conditioner(texts=list(texts), melody_wavs=melody, sample_rate=melody_sample_rate,
+                                        melody_frames=self._melody_frames(melody, melody_sample_rate))
         prompt = None
         if prompt_audio is not None:
             prompt = self.codec.encode(prompt_audio.to(self.device), sample_rate=self.codec.sample_rate)

@@ -4,7 +4,7 @@
 # Why a second venv: laion-clap 1.1.7 pins numpy<2 and imports torchvision (and PIL without declaring it), and no
 # torchvision release imports with the CPU torch 2.13 wheel of the main .venv. torch 2.14.1 + torchvision 0.29.1
 # is the pair that works here (CUDA builds that also run on CPU; the venv is ~6 GB). mgen goes in editable with
-# --no-deps, plus only what mgen.conditioning and its tests need (laion-clap already brings transformers,
+# --no-deps, plus only what mgen.conditioning, mgen.metrics and their tests need (laion-clap already brings transformers,
 # soundfile, soxr via librosa). Re-running is cheap: the stamp makes it a no-op; delete the stamp to reinstall.
 #
 # Usage: bash scripts/make_clap_venv.sh [--force]  (PYTHON=python3.11 CLAP_VENV=path to override)
@@ -34,7 +34,7 @@ start=$(date +%s)
 test -d "$VENV" || "$PYTHON" -m venv "$VENV"
 quiet_pip install -q --upgrade pip
 quiet_pip install -q "torch==2.14.1" "torchvision==0.29.1" "laion-clap==1.1.7" pillow "numpy<2" \
-    sentencepiece pytest pytest-timeout hypothesis
+    "torchmetrics>=1.4" sentencepiece pytest pytest-timeout hypothesis
 quiet_pip install -q --no-deps -e .
 "$VENV/bin/python" - <<'PY'
 import laion_clap, numpy, torch, torchvision, transformers

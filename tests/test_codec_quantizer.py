@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import mgen.codec.quantizer as quantizer_module
 from mgen.codec.quantizer import EuclideanCodebook, ResidualVectorQuantizer, RVQConfig, kmeans
+from rank_launch import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -216,11 +217,8 @@ _DDP_SCRIPT = textwrap.dedent(
 
 
 def test_codebooks_stay_identical_across_ranks(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    
+    port = free_port()
     script = tmp_path / "ddp_rvq.py"
     script.write_text(_DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from rank_launch import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,9 +81,7 @@ def reference_stats():
 
 
 def test_two_gloo_ranks_score_like_one_process(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     script = tmp_path / "ranks.py"
     script.write_text(_SCRIPT)
     proc = subprocess.run([sys.executable, str(script), str(REPO), str(port), str(tmp_path)], capture_output=True,

@@ -45,3 +45,25 @@ def test_a_different_melody_changes_the_output_and_loudness_does_not() -> None:
     # the information bottleneck: the LM sees the dominant pitch class per frame, not the waveform, so the same
     # notes played quieter (and an octave up) give exactly the same clip
     assert torch.equal(first, generated(model, melody([523.25, 659.26, 783.99, 1046.5], amplitude=0.05)))
+
+
+def test_the_melody_prefix_has_the_training_window_length(monkeypatch) -> None:
+    """A melody shorter or longer than the training window is looped or cut to the window's chroma frames, as in
+    training (and in audiocraft): a 3-s clip must not meet a prefix shape its LM never saw during training on
+    5-s segments (measured in the demo: the melody's chroma gain went from 0.000 to +0.104)."""
+    import mgen.musicgen as musicgen_module
+
+    model = melody_model()  # trained window: 2 s
+    seen: list[int] = []
+    real_generate = musicgen_module.generate
+
+    def spy(lm, frames, conditioning, **kwargs):
+        seen.append(conditioning.prefix.shape[1])
+        return real_generate(lm, frames, conditioning, **kwargs)
+
+    monkeypatch.setattr(musicgen_module, "generate", spy)
+    window = model.conditioner.conditioners["self_wav"].frames_for(2 * RATE, RATE)
+    for seconds_each in (0.125, 0.5, 1.0):  # 0.5 s, 2 s and 4 s of melody
+        model.generate(["a piano tune"], duration=0.5, melody=melody([261.63, 329.63, 392.0, 523.25], seconds_each),
+                       melody_sample_rate=RATE, top_k=50, seed=3)
+    assert seen == [window] * 3

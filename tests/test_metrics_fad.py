@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from metric_fixtures import FrameEmbedder, load_fadtk, sine
 from mgen.metrics import FrechetAudioDistance, KernelAudioDistance, ReferenceStats, fit_inverse_n, frechet_distance
 from mgen.metrics.embedders import EmbedderInfo
 from mgen.metrics.fad import fad_inf_ns
+from rank_launch import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 INFO = EmbedderInfo("toy", 16_000, 8, "toy-v1", weights="toy.pt", weights_sha256="a" * 64)
@@ -290,9 +290,7 @@ _DDP_SCRIPT = textwrap.dedent(
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     script = tmp_path / "ddp_fad.py"
     script.write_text(_DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
