@@ -95,12 +95,12 @@ def test_wrong_recipe_values_are_one_line_errors_naming_the_key(tmp_path: Path, 
 
 def test_wrong_values_in_the_recipe_file_are_named_too(tmp_path: Path, capsys) -> None:
     text = QUICKSTART.read_text()
-    assert "max_steps: 300" in text
+    assert "max_steps: 600" in text
     bad = tmp_path / "lm.yaml"
-    bad.write_text(text.replace("max_steps: 300", "max_steps: -5"))
+    bad.write_text(text.replace("max_steps: 600", "max_steps: -5"))
     err = fit_fails(capsys, bad, tmp_path / "run")
     assert str(bad) in err and "trainer.max_steps" in err and "-5" in err
-    bad.write_text(text.replace("warmup_steps: 30", "warmup_steps: thirty"))
+    bad.write_text(text.replace("warmup_steps: 60", "warmup_steps: thirty"))
     err = fit_fails(capsys, bad, tmp_path / "run")
     assert "optim.warmup_steps" in err and "thirty" in err
 

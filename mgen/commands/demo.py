@@ -41,7 +41,7 @@ def _timed(report: dict[str, Any], stage: str) -> Iterator[None]:
     report.setdefault("stage_seconds", {})[stage] = round(time.perf_counter() - start, 1)
 
 
-def run_demo(out_dir: str | Path, clips: int = 24, clip_seconds: float = 10.0, codec_updates: int | None = None,
+def run_demo(out_dir: str | Path, clips: int = 48, clip_seconds: float = 10.0, codec_updates: int | None = None,
              lm_steps: int | None = None, duration: float = 8.0, seed: int = 0, valid_fraction: float = 0.25,
              quality: QualitySettings | None = None) -> dict[str, Any]:
     """Run (or resume) every stage in `out_dir` and return the report; `quality` None skips stage 7."""
@@ -168,13 +168,13 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="run the main job end to end on a small default (resumable)")
     p.add_argument("--out", default="outputs/demo")
-    p.add_argument("--clips", type=int, default=24, help="corpus clips of 10 s to render")
+    p.add_argument("--clips", type=int, default=48, help="corpus clips of 10 s to render")
     p.add_argument("--codec-updates", type=int, default=600,
                    help="codec updates (the tiny recipe's 5000 take ~20 min on a laptop CPU)")
     p.add_argument("--lm-steps", type=int, help="override the quickstart LM recipe's steps")
     p.add_argument("--duration", type=float, default=8.0, help="seconds of music to generate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quality-clips", type=int, default=8,
+    p.add_argument("--quality-clips", type=int, default=16,
                    help="held-out windows generated per condition for the quality check")
     p.add_argument("--quality-seconds", type=float, default=3.0, help="length of each window")
     p.add_argument("--no-quality", action="store_true", help="skip stage 7 (the quality check)")

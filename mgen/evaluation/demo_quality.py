@@ -41,7 +41,7 @@ EMBEDDER = "mgen-codec"
 
 @dataclass(frozen=True)
 class QualitySettings:
-    clips: int = 8            # generated clips per condition (windows of held-out audio)
+    clips: int = 16           # generated clips per condition (windows of held-out audio)
     seconds: float = 3.0      # length of each window and generated clip
     sampling: GenerationSettings = GenerationSettings()  # the paper's: top-k 250, CFG 3; its seed seeds every clip
 
