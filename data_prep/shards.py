@@ -39,10 +39,10 @@ from data_prep.atomic import remove_stale_tmp, write_atomic, write_bytes_atomic,
 from data_prep.audio_io import (AudioError, check_channels, check_sample_rate, encode_flac, normalize_loudness,
                                 probe, read_segment, resample, to_channels)
 from data_prep.sources import InputItem, Problem, discover
+from mgen.data.shard_index import INDEX_NAME, load_index, shard_urls  # noqa: F401 - re-exported: the reader lives in mgen
 from mgen.paths import check_output_dir
 
 INDEX_VERSION = 1
-INDEX_NAME = "shards.json"
 REPORT_NAME = "report.jsonl"
 DONE_DIR = "done"
 SPLITS = ("train", "valid")
@@ -508,17 +508,3 @@ def shard_keys(out_dir: str | Path, entry: dict[str, Any]) -> list[str] | None:
     if not isinstance(keys, list) or marker.get("sha256") != entry.get("sha256") or len(keys) != entry.get("samples"):
         return None
     return keys
-
-
-def load_index(out_dir: str | Path) -> dict[str, Any]:
-    """Read ``shards.json`` (what training uses to find shards and their sizes)."""
-    path = Path(out_dir) / INDEX_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `mgen prep shards` (and `--merge` after a job array)")
-    return json.loads(path.read_text())
-
-
-def shard_urls(out_dir: str | Path, split: str) -> list[str]:
-    """Paths of the shards of one split, in index order."""
-    index = load_index(out_dir)
-    return [str(Path(out_dir) / e["name"]) for e in index["shards"] if e["split"] == split]

@@ -15,8 +15,8 @@ COMMAND_MODULES: list[str] = [
     "mgen.commands.generate",
     "mgen.commands.evaluate",
     "mgen.commands.export",
-    "mgen.bench.cli",
-    "data_prep.cli",
+    "mgen.commands.bench",
+    "mgen.commands.prep",
 ]
 
 

@@ -32,13 +32,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from data_prep.shards import load_index
 from mgen.data.batching import BatchPlan, batch_plan
 from mgen.data.captions import CaptionConfig
 from mgen.data.ranks import resolve_rank
 from mgen.data.position import StreamPosition, WorkerProgress
 from mgen.data.samples import AudioDecoder, TokenDecoder
 from mgen.data.seeding import seed_of
+from mgen.data.shard_index import load_index
 from mgen.data.stream import ShardStream
 
 KIND_AUDIO = "audio"

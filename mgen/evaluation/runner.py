@@ -29,8 +29,8 @@ from mgen.evaluation.generation import ClipCache, GenerationSettings, Prompt, fi
 from mgen.evaluation.models import (DEFAULT_FAD_EMBEDDER, EmbedderSpec, describe, load_clap, load_embedders,
                                     load_kl_classifier)
 from mgen.evaluation.report import random_weight_models, write_report
-from mgen.evaluation.sources import (Clip, describe_formats, folder_clips, is_shard_folder, load_shard_index,
-                                     reference_clips, shard_clips)
+from mgen.data.shard_index import is_shard_folder, load_index
+from mgen.evaluation.sources import Clip, describe_formats, folder_clips, reference_clips, shard_clips
 from mgen.evaluation.suite import NEEDS_PAIRS, NEEDS_REFERENCE, PAPER_METRICS, GeneratedItem, MetricSuite, parse_metrics
 from mgen.metrics import FAD_PROTOCOL, KLD_PROTOCOL, ReferenceStats
 from mgen.metrics.reference import check_source
@@ -185,7 +185,7 @@ def evaluate_model(model_path: str | Path, data: str | Path, out_dir: str | Path
     if num_samples is not None and num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
     clips = shard_clips(data, split, num_samples)  # refuses token shards, names missing splits
-    available = sum(int(e.get("samples", 0)) for e in load_shard_index(data)["shards"] if e.get("split") == split)
+    available = sum(int(e.get("samples", 0)) for e in load_index(data)["shards"] if e.get("split") == split)
     if num_samples is not None and len(clips) < num_samples:
         raise ValueError(f"{data}: the {split!r} split has {len(clips)} samples, --num-samples asks for {num_samples}")
     model_path = Path(model_path)

@@ -24,10 +24,10 @@ from torch import Tensor
 from mgen.atomic import TMP_MARK
 from mgen.audio import read_audio
 from mgen.data.captions import description_of
+from mgen.data.shard_index import is_shard_folder, load_index
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 CAPTIONS_NAME = "captions.jsonl"
-SHARD_INDEX = "shards.json"
 
 
 @dataclass(frozen=True)
@@ -108,23 +108,6 @@ def folder_clips(folder: str | Path, what: str = "audio folder") -> list[Clip]:
 
 
 # -------------------------------------------------------------------------------------------------------- shards
-def is_shard_folder(folder: str | Path) -> bool:
-    return (Path(folder) / SHARD_INDEX).is_file()
-
-
-def load_shard_index(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / SHARD_INDEX
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: not a shard folder (make one with `mgen prep shards`)")
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
-        raise ValueError(f"{path}: not an mgen shard index")
-    return index
-
-
 class ShardReader:
     """Reads members of a split's tar shards by offset: each shard is listed once, then kept open."""
 
@@ -154,7 +137,7 @@ class ShardReader:
 
 def _shard_samples(folder: Path, split: str, reader: ShardReader) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """(shard path, key, meta) of every sample of `split`, in index order, members in tar order."""
-    index = load_shard_index(folder)
+    index = load_index(folder)
     kind = index.get("kind") or "audio"
     if kind != "audio":
         raise ValueError(f"{folder} holds {kind} shards, not audio: evaluation compares against real audio; pass the "

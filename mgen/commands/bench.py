@@ -35,7 +35,7 @@ def _shards(args: argparse.Namespace) -> dict:
 
 
 def _read(args: argparse.Namespace) -> dict:
-    from mgen.data.bench import run_read_bench  # noqa: PLC0415
+    from data_prep.read_bench import run_read_bench  # noqa: PLC0415
 
     return run_read_bench(smoke=args.smoke)
 

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from data_prep.shards import load_index, write_shards
+from data_prep.synth_corpus import build_synth_corpus
+
 
 def build_bench_shards(out_dir: str | Path, n_clips: int = 12, clip_seconds: float = 10.0,
                        sample_rate: int = 32000) -> Path:
     """Render ``n_clips`` real-music clips and shard them whole (4 per shard, no valid split) into ``out/shards``."""
-    from data_prep.shards import write_shards
-    from data_prep.synth_corpus import build_synth_corpus
-
     out = Path(out_dir)
     build_synth_corpus(out / "corpus", n_clips=n_clips, clip_seconds=clip_seconds, sample_rate=sample_rate,
                        workers=min(2, os.cpu_count() or 1), progress=False)
@@ -72,8 +72,6 @@ def run_read_bench(shards_dir: str | Path | None = None, workers: tuple[int, ...
         if built:
             shards_dir = build_bench_shards(tmp, n_clips=4 if smoke else 12, clip_seconds=3.0 if smoke else 10.0)
         shards_dir = Path(shards_dir)
-        from data_prep.shards import load_index
-
         index = load_index(shards_dir)
         results = [measure(shards_dir, w, segment_seconds, batch_size, samples, sample_rate, channels)
                    for w in workers]
