@@ -39,6 +39,7 @@ from data_prep.atomic import remove_stale_tmp, write_atomic, write_bytes_atomic,
 from data_prep.audio_io import (AudioError, check_channels, check_sample_rate, encode_flac, normalize_loudness,
                                 probe, read_segment, resample, to_channels)
 from data_prep.sources import InputItem, Problem, discover
+from mgen.checksum import file_sha256
 from mgen.data.shard_index import INDEX_NAME, load_index, shard_urls  # noqa: F401 - re-exported: the reader lives in mgen
 from mgen.paths import check_output_dir
 
@@ -240,20 +241,12 @@ def _write_shard(task: tuple[ShardPlan, str, dict[str, Any], str]) -> dict[str, 
 
         write_atomic(final, writer)
         entry["bytes"] = final.stat().st_size
-        entry["sha256"] = sha256_file(final)
+        entry["sha256"] = file_sha256(final)
     else:
         final.unlink(missing_ok=True)
         entry["bytes"], entry["sha256"] = 0, None
     write_json_atomic(marker, entry)
     return entry
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _finished(out: Path, shard: ShardPlan, digest: str, verify: bool) -> dict[str, Any] | None:
@@ -272,7 +265,7 @@ def _finished(out: Path, shard: ShardPlan, digest: str, verify: bool) -> dict[st
     final = out / shard.name
     if not final.is_file() or final.stat().st_size != entry.get("bytes"):
         return None
-    if verify and sha256_file(final) != entry.get("sha256"):
+    if verify and file_sha256(final) != entry.get("sha256"):
         return None
     return entry
 

@@ -41,7 +41,8 @@ if TYPE_CHECKING:  # torch is imported where it is used, so `mgen --help` and `m
     import torch
 
 from data_prep.atomic import remove_stale_tmp, write_atomic, write_bytes_atomic, write_json_atomic
-from data_prep.shards import DONE_DIR, INDEX_NAME, REPORT_NAME, SPLITS, load_index, sha256_file, shard_keys
+from data_prep.shards import DONE_DIR, INDEX_NAME, REPORT_NAME, SPLITS, load_index, shard_keys
+from mgen.checksum import file_sha256
 from mgen.paths import check_output_dir
 
 TOKEN_INDEX_VERSION = 1
@@ -240,7 +241,7 @@ def tokenize_one(task: dict[str, Any], codec: Any, identity: dict[str, Any], dev
     final, marker = out / name, out / DONE_DIR / f"{name}.json"
     remove_stale_tmp(final)
     remove_stale_tmp(marker)
-    if not src.is_file() or (task.get("sha256") and sha256_file(src) != task["sha256"]):
+    if not src.is_file() or (task.get("sha256") and file_sha256(src) != task["sha256"]):
         final.unlink(missing_ok=True)  # a token shard from an older plan: not this input's tokens
         return _damaged_entry(task, src)
     problems: list[dict[str, Any]] = []
@@ -265,7 +266,7 @@ def tokenize_one(task: dict[str, Any], codec: Any, identity: dict[str, Any], dev
     problems += _missing_samples(task, seen, problems)
     entry = {"name": name, "split": task["split"], **counts, "plan_hash": task["digest"], "skipped": problems}
     if counts["samples"]:
-        entry["bytes"], entry["sha256"] = final.stat().st_size, sha256_file(final)
+        entry["bytes"], entry["sha256"] = final.stat().st_size, file_sha256(final)
     else:
         final.unlink(missing_ok=True)
         entry["bytes"], entry["sha256"] = 0, None
@@ -316,7 +317,7 @@ def _finished(out: Path, name: str, digest: str, verify: bool) -> dict[str, Any]
     final = out / name
     if not final.is_file() or final.stat().st_size != entry.get("bytes"):
         return None
-    if verify and sha256_file(final) != entry.get("sha256"):
+    if verify and file_sha256(final) != entry.get("sha256"):
         return None
     return entry
 

@@ -113,7 +113,7 @@ def corrupt_shards(music_shards: Path, tmp_path_factory: pytest.TempPathFactory)
     """train-000000/1 copied intact; train-000002 rebuilt with 2 good samples, a corrupt FLAC, a broken json, NaN
     audio (a float WAV under .flac), an empty FLAC, then a truncated member at the end of the tar."""
     if "corrupt" not in _cache:
-        from data_prep.shards import sha256_file
+        from mgen.checksum import file_sha256
 
         out = tmp_path_factory.mktemp("corrupt_shards")
         index = json.loads((music_shards / "shards.json").read_text())
@@ -150,7 +150,7 @@ def corrupt_shards(music_shards: Path, tmp_path_factory: pytest.TempPathFactory)
         entries.append({"name": name, "split": "train", "samples": 8, "seconds": 0.0})
         for e in entries:
             e["bytes"] = (out / e["name"]).stat().st_size
-            e["sha256"] = sha256_file(out / e["name"])
+            e["sha256"] = file_sha256(out / e["name"])
         (out / "shards.json").write_text(json.dumps({**index, "shards": entries}))
         _cache["corrupt"] = out
     return _cache["corrupt"]

@@ -247,10 +247,9 @@ def _wait_for(condition, proc: subprocess.Popen, what: str, poll: float = 0.001)
 
 
 def _latest_step(run: Path) -> int:
-    """The highest step among the periodic checkpoints' names (epoch=E-step=S.ckpt), 0 when there is none."""
-    steps = [int(m.group(1)) for p in (run / "checkpoints").glob("epoch=*-step=*.ckpt")
-             if (m := re.search(r"step=(\d+)\.ckpt$", p.name))]
-    return max(steps, default=0)
+    """The highest step among the periodic checkpoints' names, 0 when there is none."""
+    return max((s for p in (run / "checkpoints").glob("*.ckpt") if (s := step_of_name(p.name)) is not None),
+               default=0)
 
 
 def _temporaries(folder: Path) -> list[Path]:

@@ -32,7 +32,7 @@ CORRUPT_AT = 1  # the undecodable sample's place in the validation shard
 def one_validation_shard(src: Path, dst: Path, member: str) -> Path:
     """`src`'s shards with every validation sample moved into one shard, an undecodable one inserted at
     CORRUPT_AT (its `member` holds garbage); the index counts it like the real ones."""
-    from data_prep.shards import sha256_file
+    from mgen.checksum import file_sha256
 
     dst.mkdir(parents=True)
     index = json.loads((src / "shards.json").read_text())
@@ -48,7 +48,7 @@ def one_validation_shard(src: Path, dst: Path, member: str) -> Path:
         (dst / entry["name"]).write_bytes((src / entry["name"]).read_bytes())
     shard = dst / "valid-000000.tar"
     entries.append({"name": shard.name, "split": "valid", "samples": len(samples), "bytes": shard.stat().st_size,
-                    "sha256": sha256_file(shard)})
+                    "sha256": file_sha256(shard)})
     (dst / "shards.json").write_text(json.dumps({**index, "shards": entries}))
     return dst
 

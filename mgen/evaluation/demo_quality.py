@@ -30,7 +30,7 @@ from mgen.evaluation.sources import shard_clips
 from mgen.evaluation.suite import GeneratedItem, MetricSuite
 from mgen.lm.model import LM
 from mgen.metrics import ChromaCosine
-from mgen.metrics.bootstrap import bootstrap_statistic
+from mgen.metrics.bootstrap import bootstrap_ratio
 from mgen.metrics.embedders.codec import load_codec_embedder
 from mgen.metrics.states import cat_state
 from mgen.musicgen import MusicGen
@@ -115,14 +115,8 @@ def _chroma_gain(melody: ChromaCosine, text: ChromaCosine, seed: int) -> dict[st
     mel, txt = (cat_state(m.clip_values, torch.float64).view(-1, 2) for m in (melody, text))  # (sum, frames)
     if not torch.equal(mel[:, 1], txt[:, 1]):
         raise ValueError("melody and text-only clips were scored on different frames")
-
-    def gain(weights: Tensor) -> float | None:
-        frames = float(weights.double() @ mel[:, 1])
-        return None if frames == 0 else float(weights.double() @ (mel[:, 0] - txt[:, 0])) / frames
-
-    value = gain(torch.ones(len(mel)))
-    interval = bootstrap_statistic(len(mel), gain, value, n_boot=1000, seed=seed, unit="windows")
-    return {"melody": float(melody.compute()), "text_only": float(text.compute()), "gain": value,
+    interval = bootstrap_ratio(mel[:, 0] - txt[:, 0], mel[:, 1], n_boot=1000, seed=seed, unit="windows")
+    return {"melody": float(melody.compute()), "text_only": float(text.compute()), "gain": interval.value,
             "gain_ci": interval.to_dict()}
 
 

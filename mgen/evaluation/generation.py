@@ -27,9 +27,10 @@ from typing import Any
 import soundfile as sf
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
-from mgen.atomic import TMP_MARK, write_atomic
-from mgen.audio import resample_tensor
+from mgen.atomic import TMP_MARK, write_text_atomic
+from mgen.audio import resample_tensor, write_audio
 from mgen.evaluation.sources import CAPTIONS_NAME, Clip
 
 SETTINGS_NAME = "settings.json"
@@ -72,19 +73,9 @@ def clip_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "big") >> 1
 
 
-def file_digest(paths: Sequence[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def write_clip(path: Path, audio: Tensor, sample_rate: int) -> None:
-    """``[C, L]`` as a 32-bit float WAV, atomically."""
-    data = audio.detach().float().cpu().numpy().T
-    write_atomic(path, lambda f: sf.write(f, data, sample_rate, format="WAV", subtype="FLOAT"))
+    """``[C, L]`` as a 32-bit float WAV (no rounding before scoring), atomically."""
+    write_audio(path, audio, sample_rate, subtype="FLOAT")
 
 
 class ClipCache:
@@ -117,7 +108,7 @@ class ClipCache:
         else:
             if any(self.folder.glob("*.wav")):
                 raise ValueError(f"{self.folder}: holds WAV files but no {SETTINGS_NAME}; use another output folder")
-            write_atomic(path, lambda f: f.write(json.dumps(self.record, indent=1).encode()))
+            write_text_atomic(path, json.dumps(self.record, indent=1))
         for stale in self.folder.glob(f"*{TMP_MARK}*"):  # left by a killed run (the caller holds the folder lock)
             stale.unlink(missing_ok=True)
 
@@ -200,21 +191,9 @@ class ClipCache:
 
     def _write_captions(self, prompts: Sequence[Prompt]) -> None:
         lines = "".join(json.dumps({"stem": p.name, "text": p.text}, ensure_ascii=False) + "\n" for p in prompts)
-        write_atomic(self.folder / CAPTIONS_NAME, lambda f: f.write(lines.encode("utf-8")))
+        write_text_atomic(self.folder / CAPTIONS_NAME, lines)
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, initial: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm  # noqa: PLC0415
-
+def _progress(total: int, initial: int, enabled: bool) -> tqdm:
     return tqdm(total=total, initial=initial, unit="clip", desc="[mgen evaluate] generating", file=sys.stderr,
-                dynamic_ncols=True)
+                dynamic_ncols=True, disable=not enabled)

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mgen.atomic import write_atomic
+from mgen.atomic import write_text_atomic
 from mgen.metrics.embedders.base import OWN_MODEL, RANDOM_WEIGHTS
 
 REPORT_FORMAT = "mgen-evaluation"
@@ -89,6 +89,6 @@ def write_report(out_dir: str | Path, report: dict[str, Any]) -> tuple[Path, Pat
     text = json.dumps(report, indent=1, ensure_ascii=False) + "\n"
     json_path, md_path = out / JSON_NAME, out / MARKDOWN_NAME
     md = markdown(report)
-    write_atomic(json_path, lambda f: f.write(text.encode("utf-8")))
-    write_atomic(md_path, lambda f: f.write(md.encode("utf-8")))
+    write_text_atomic(json_path, text)
+    write_text_atomic(md_path, md)
     return json_path, md_path

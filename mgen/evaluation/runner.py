@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
-from mgen.evaluation.generation import ClipCache, GenerationSettings, Prompt, file_digest
+from mgen.evaluation.generation import ClipCache, GenerationSettings, Prompt
 from mgen.evaluation.models import (DEFAULT_FAD_EMBEDDER, EmbedderSpec, describe, load_clap, load_embedders,
                                     load_kl_classifier)
 from mgen.evaluation.report import random_weight_models, write_report
+from mgen.checksum import files_sha256
 from mgen.data.shard_index import is_shard_folder, load_index
 from mgen.evaluation.sources import Clip, describe_formats, folder_clips, reference_clips, shard_clips
 from mgen.evaluation.suite import NEEDS_PAIRS, NEEDS_REFERENCE, PAPER_METRICS, GeneratedItem, MetricSuite, parse_metrics
@@ -213,7 +214,7 @@ def evaluate_model(model_path: str | Path, data: str | Path, out_dir: str | Path
             _log(f"embedding {len(clips)} reference clips")
             _add_references(suite, clips, seconds)
         weights = [model_path / "model.safetensors", *sorted((model_path / "codec").glob("*.safetensors"))]
-        model_id = {"sha256": file_digest([w for w in weights if w.is_file()])}
+        model_id = {"sha256": files_sha256(w for w in weights if w.is_file())}
         cache = ClipCache(out / GENERATED_DIR, model, model_id, settings)
         counts = cache.generate(prompts, options.progress, on_batch)
         del model

@@ -9,7 +9,6 @@ against the metric's embedder and refuses statistics made by another model, prot
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,10 +88,8 @@ class ReferenceStats:
             "n": np.asarray(self.stats.n, dtype=np.int64), "meta": np.asarray(json.dumps(self.meta()))}
         if self.frames is not None:
             arrays["frames"] = self.frames.cpu().numpy()
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, lambda f: f.write(buffer.getvalue()))
+        write_atomic(path, lambda f: np.savez(f, **arrays))
         return path
 
     @staticmethod

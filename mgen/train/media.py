@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from PIL import Image
 
 from mgen.atomic import atomic_write
+from mgen.audio import write_audio
 
 
 def log_mel_image(wav: torch.Tensor, sample_rate: int, n_fft: int = 1024, n_mels: int = 80) -> np.ndarray:
@@ -46,8 +46,7 @@ def _media_dir(logger) -> Path:
 
 def write_wav(path: Path, wav: torch.Tensor, sample_rate: int) -> None:
     """Audio [C, L] as 16-bit WAV, committed atomically (a reader never sees half a file)."""
-    with atomic_write(path) as file:
-        sf.write(file, wav.detach().float().cpu().numpy().T, sample_rate, format="WAV", subtype="PCM_16")
+    write_audio(path, wav, sample_rate)
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

@@ -10,7 +10,6 @@ Weights come only from explicit local paths; `file_sha256` is what the loaders p
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mgen.audio import resample_tensor
+from mgen.checksum import file_sha256  # noqa: F401 - part of the embedder API (loaders record it)
 
 # How trustworthy the weights are, as reports print it.
 PUBLISHED = "published"          # the sha256 matches the published file
@@ -54,14 +54,6 @@ class AudioEmbedder(nn.Module):
     def embed(self, wav: Tensor) -> Tensor:
         """Mono audio ``[L]`` at ``info.sample_rate`` -> ``[frames, dim]``."""
         raise NotImplementedError
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @torch.no_grad()

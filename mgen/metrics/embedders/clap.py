@@ -35,10 +35,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mgen.checksum import file_sha256
 from mgen.conditioning.clap import read_clap_state_dict
 from mgen.conditioning.text import check_vocabulary
 from mgen.errors import first_line
-from mgen.metrics.embedders.base import PUBLISHED, UNVERIFIED, AudioEmbedder, EmbedderInfo, file_sha256
+from mgen.metrics.embedders.base import PUBLISHED, UNVERIFIED, AudioEmbedder, EmbedderInfo
 
 SAMPLE_RATE = 48_000
 WINDOW = 480_000            # HTSAT's input: 10 s at 48 kHz

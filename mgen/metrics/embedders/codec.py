@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mgen.checksum import file_sha256
 from mgen.codec.checkpoint import KIND as CODEC_KIND
 from mgen.codec.checkpoint import load_codec
 from mgen.codec.model import Codec
 from mgen.export_dir import CONFIG_NAME, WEIGHTS_NAME, read_export_config
-from mgen.metrics.embedders.base import OWN_MODEL, AudioEmbedder, EmbedderInfo, file_sha256
+from mgen.metrics.embedders.base import OWN_MODEL, AudioEmbedder, EmbedderInfo
 
 PROTOCOL = "codec-latent-v1"
 

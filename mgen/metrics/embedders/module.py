@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mgen.checksum import file_sha256
 from mgen.errors import first_line
-from mgen.metrics.embedders.base import UNVERIFIED, AudioEmbedder, EmbedderInfo, file_sha256
+from mgen.metrics.embedders.base import UNVERIFIED, AudioEmbedder, EmbedderInfo
 from mgen.metrics.embedders.weights import directory_sha256, load_state_dict_file, weights_label
 
 PREFIX = "module:"

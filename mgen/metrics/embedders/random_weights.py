@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from mgen.atomic import atomic_path, write_text_atomic
-from mgen.metrics.embedders.base import file_sha256
+from mgen.checksum import file_sha256
 from mgen.metrics.embedders.passt import VARIANTS, PasstNet
 from mgen.metrics.embedders.vggish import VGGishNet
 from mgen.metrics.embedders.weights import sidecar_path

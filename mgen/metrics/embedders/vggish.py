@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mgen.metrics.embedders.base import AudioEmbedder, EmbedderInfo, file_sha256
+from mgen.checksum import file_sha256
+from mgen.metrics.embedders.base import AudioEmbedder, EmbedderInfo
 from mgen.metrics.embedders.weights import (
     check_state_dict,
     load_state_dict_file,

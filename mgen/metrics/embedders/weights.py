@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mgen.checksum import file_sha256
 from mgen.errors import first_line
-from mgen.metrics.embedders.base import PUBLISHED, RANDOM_WEIGHTS, UNVERIFIED, file_sha256
+from mgen.metrics.embedders.base import PUBLISHED, RANDOM_WEIGHTS, UNVERIFIED
 
 RANDOM_SIDECAR_SUFFIX = ".random-weights.json"
 
