@@ -153,7 +153,8 @@ def _print_quality(quality: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgen.evaluation.demo_quality import GenerationSettings, QualitySettings  # noqa: PLC0415
+    from mgen.evaluation.demo_quality import QualitySettings  # noqa: PLC0415
+    from mgen.evaluation.generation import GenerationSettings  # noqa: PLC0415
 
     quality = None if args.no_quality else QualitySettings(args.quality_clips, args.quality_seconds,
                                                            GenerationSettings(seed=args.seed))
