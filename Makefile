@@ -31,6 +31,7 @@ $(STAMP): pyproject.toml data_prep/install_system_deps.sh scripts/fetch_referenc
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m ruff check mgen data_prep tests
 	$(PY) -m pytest -q
 
 # LAION-CLAP needs torch 2.14.1 + torchvision 0.29.1 and numpy<2: a separate env runs its tests for real.
@@ -40,8 +41,8 @@ $(CLAP_VENV)/.mgen-clap-installed: scripts/make_clap_venv.sh
 	bash scripts/make_clap_venv.sh --force
 
 test-clap: $(CLAP_VENV)/.mgen-clap-installed
-	MGEN_REQUIRE_CLAP=1 $(CLAP_VENV)/bin/python -m pytest -q tests/test_conditioning_clap.py tests/test_conditioning_melody.py \
-		tests/test_metrics_clap_laion.py
+	MGEN_REQUIRE_CLAP=1 $(CLAP_VENV)/bin/python -m pytest -q tests/conditioning/test_conditioning_clap.py tests/conditioning/test_conditioning_melody.py \
+		tests/metrics/test_metrics_clap_laion.py
 
 demo: $(STAMP)
 	$(PY) -m mgen.cli demo --out outputs/demo

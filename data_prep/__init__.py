@@ -9,10 +9,10 @@ from typing import Any
 
 _EXPORTS = {
     "build_synth_corpus": "data_prep.synth_corpus",
+    "ShardConfig": "data_prep.shards",
     "write_shards": "data_prep.shards",
     "merge_indexes": "data_prep.shards",
-    "load_index": "data_prep.shards",
-    "shard_urls": "data_prep.shards",
+    "tokenize_shards": "data_prep.tokenize",
     "run_shard_bench": "data_prep.bench",
 }
 __all__ = sorted(_EXPORTS)

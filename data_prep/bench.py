@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data_prep.shards import write_shards
+from data_prep.shards import ShardConfig, write_shards
 from data_prep.synth_corpus import build_synth_corpus
 
 
@@ -30,9 +30,9 @@ def run_shard_bench(minutes: float = 5.0, clip_seconds: float = 10.0, workers: i
                                             sample_rate=source_rate, workers=workers, progress=False)
         out = scratch / "shards"
         start = time.perf_counter()
-        summary = write_shards(corpus, out, sample_rate=sample_rate, segment_seconds=segment_seconds,
-                               shard_max_mb=64.0, shard_max_samples=shard_max_samples, workers=workers,
-                               progress=False)
+        config = ShardConfig(sample_rate=sample_rate, segment_seconds=segment_seconds, shard_max_mb=64.0,
+                             shard_max_samples=shard_max_samples)
+        summary = write_shards(corpus, out, config, workers=workers, progress=False)
         wall = time.perf_counter() - start
         audio_minutes = summary["seconds"] / 60.0
         return {
@@ -40,7 +40,8 @@ def run_shard_bench(minutes: float = 5.0, clip_seconds: float = 10.0, workers: i
             "audio_minutes_per_second": audio_minutes / wall if wall > 0 else float("inf"),
             "realtime_factor": summary["seconds"] / wall if wall > 0 else float("inf"),
             "samples": summary["samples"], "shards": summary["shards_planned"], "workers": workers,
-            "source_rate": source_rate, "sample_rate": sample_rate, "corpus_build_seconds": corpus_summary["wall_seconds"],
+            "source_rate": source_rate, "sample_rate": sample_rate,
+            "corpus_build_seconds": corpus_summary["wall_seconds"],
             "out_dir": str(out) if keep else None,
         }
     finally:

@@ -1,6 +1,8 @@
-"""`mgen prep ...`: data preparation commands (real-music corpus, WebDataset shards).
+"""`mgen prep ...`: data preparation commands (real-music corpus, WebDataset shards, token shards).
 
-Registered by mgen/cli.py through ``register(subparsers)``; every subcommand sets ``func(args) -> exit code``.
+All of `mgen prep`'s argument parsing lives here. Registered by mgen/commands/prep.py through
+``register(subparsers)``; every subcommand sets ``func(args) -> exit code``. The work modules (shards, tokenize,
+synth_corpus: numpy, soundfile, torch) load inside the run functions, so `mgen prep ... --help` stays light.
 """
 
 from __future__ import annotations
@@ -8,16 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mgen.commands.flags import add_codec, add_output
+from mgen.errors import UsageError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    prep = subparsers.add_parser("prep", help="prepare datasets: real-music corpus, WebDataset shards")
+    prep = subparsers.add_parser("prep", help="prepare datasets: real-music corpus, WebDataset shards, token shards")
     sub = prep.add_subparsers(dest="prep_command", metavar="PREP_COMMAND")
     prep.set_defaults(func=lambda args: (prep.print_help(), 2)[1])
     _add_shards(sub)
     _add_synth_corpus(sub)
-    from data_prep.tokenize import register_tokenize  # noqa: PLC0415 - torch loads only when it runs
-
-    register_tokenize(sub)
+    _add_tokenize(sub)
 
 
 def _add_shards(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +32,7 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
                     "same command to finish an interrupted run. Job array: --task-index/--num-tasks (default from "
                     "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT), then --merge.")
     p.add_argument("inputs", nargs="*", help="folders or manifests (.csv, .jsonl, .jsonl.gz)")
-    p.add_argument("-o", "--out", required=True, help="output folder for shards, shards.json and report.jsonl")
+    add_output(p, "output folder for shards, shards.json and report.jsonl")
     p.add_argument("--audio-dir", default=None,
                    help="the clips of a MusicCaps CSV, named <ytid>.<ext> or [<ytid>]-[<start>-<end>].<ext>: the "
                         "10 s clips or whole recordings (cut at start_s); default: the CSV's folder")
@@ -60,7 +63,7 @@ def _add_synth_corpus(sub: argparse._SubParsersAction) -> None:
         "synth-corpus", help="render a captioned corpus of real music (music21 scores, MMA grooves) offline",
         description="Needs fluidsynth, a General MIDI soundfont and mma (bash data_prep/install_system_deps.sh). "
                     "Resumable: clips already written are skipped.")
-    p.add_argument("out", help="output folder (audio/<id>.flac|json|mid, manifest.jsonl)")
+    add_output(p, "output folder (audio/<id>.flac|json|mid, manifest.jsonl)", was_positional=True)
     p.add_argument("--minutes", type=float, default=2.0, help="target minutes of audio")
     p.add_argument("--clips", type=int, default=None, help="number of clips (overrides --minutes)")
     p.add_argument("--clip-seconds", type=float, default=10.0)
@@ -74,8 +77,24 @@ def _add_synth_corpus(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_synth_corpus)
 
 
+def _add_tokenize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tokenize", help="encode audio shards with a trained codec into token shards (codes .npy + json)",
+        description="Writes token shards with the same names and splits as the audio shards, and a shards.json "
+                    "with kind 'tokens'. Resumable: re-run the same command to finish an interrupted run.")
+    p.add_argument("audio_shards", help="folder with audio shards and their shards.json")
+    add_codec(p, "exported codec folder or CodecModule .ckpt")
+    add_output(p, "output folder for the token shards")
+    p.add_argument("--chroma", action="store_true", help="also store a 12-bin chromagram per codec frame")
+    p.add_argument("--device", default="cpu", help="torch device for the codec, e.g. cuda")
+    p.add_argument("--batch-size", type=int, default=16, help="samples of equal length encoded together")
+    p.add_argument("--verify", action="store_true", help="re-hash finished shards before skipping them")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_tokenize)
+
+
 def run_shards(args: argparse.Namespace) -> int:
-    from data_prep.shards import merge_indexes, write_shards
+    from data_prep.shards import ShardConfig, merge_indexes, write_shards
 
     if args.merge:
         index = merge_indexes(args.out)
@@ -84,19 +103,22 @@ def run_shards(args: argparse.Namespace) -> int:
               f"into {args.out}/shards.json (problems: {args.out}/report.jsonl)")
         return 0
     if not args.inputs:
-        raise ValueError("give at least one input folder or manifest (or --merge)")
+        raise UsageError("give at least one input folder or manifest (or --merge)")
+    config = ShardConfig(
+        sample_rate=args.sample_rate, channels=args.channels, segment_seconds=args.segment_seconds,
+        min_segment_seconds=args.min_segment_seconds, shard_max_mb=args.shard_max_mb,
+        shard_max_samples=args.shard_max_samples, valid_fraction=args.valid_fraction,
+        loudness_db=None if args.no_loudness else args.loudness_db)
     summary = write_shards(
-        args.inputs, args.out, sample_rate=args.sample_rate, channels=args.channels,
-        segment_seconds=args.segment_seconds, min_segment_seconds=args.min_segment_seconds,
-        shard_max_mb=args.shard_max_mb, shard_max_samples=args.shard_max_samples,
-        valid_fraction=args.valid_fraction, loudness_db=None if args.no_loudness else args.loudness_db,
-        workers=args.workers, require_caption=args.require_caption, task_index=args.task_index,
-        num_tasks=args.num_tasks, verify=args.verify, progress=not args.no_progress, audio_dir=args.audio_dir)
+        args.inputs, args.out, config, workers=args.workers, require_caption=args.require_caption,
+        task_index=args.task_index, num_tasks=args.num_tasks, verify=args.verify, progress=not args.no_progress,
+        audio_dir=args.audio_dir)
     print(f"task {summary['task_index']}/{summary['num_tasks']}: {summary['shards_written']} shards written, "
           f"{summary['shards_resumed']} already done, {summary['samples']} samples, "
           f"{summary['seconds'] / 60:.1f} min of audio in {summary['wall_seconds']:.1f} s")
     if summary["problems"] or summary["skipped_samples"]:
-        where = f"{args.out}/report.jsonl" if summary["num_tasks"] == 1 else "the partial index (report.jsonl after --merge)"
+        where = (f"{args.out}/report.jsonl" if summary["num_tasks"] == 1
+                 else "the partial index (report.jsonl after --merge)")
         print(f"skipped {summary['problems']} inputs and {summary['skipped_samples']} samples: see {where}")
     if summary["missing_audio"]:
         print(f"{summary['missing_audio']} MusicCaps clips have no audio file in {args.audio_dir or 'the CSV folder'}"
@@ -131,9 +153,32 @@ def run_synth_corpus(args: argparse.Namespace) -> int:
     return 0 if summary["failed"] == 0 else 1
 
 
+def run_tokenize(args: argparse.Namespace) -> int:
+    from data_prep.tokenize import tokenize_shards
+
+    summary = tokenize_shards(args.audio_shards, args.out, args.codec, batch_size=args.batch_size,
+                              device=args.device, chroma=args.chroma, progress=not args.no_progress,
+                              verify=args.verify)
+    print(f"{summary['shards_written']} token shards written, {summary['shards_resumed']} already done: "
+          f"{summary['samples']} samples, {summary['seconds'] / 60:.1f} min of audio in "
+          f"{summary['wall_seconds']:.1f} s (codec {summary['codec']})")
+    if summary["skipped_samples"]:
+        print(f"skipped {summary['skipped_samples']} samples: see {summary['report']}")
+    print(f"token shards and index: {summary['index']}")
+    if summary["damaged_shards"]:
+        names = ", ".join(summary["damaged_shards"][:5]) + (" ..." if len(summary["damaged_shards"]) > 5 else "")
+        print(f"mgen prep tokenize: error: {len(summary['damaged_shards'])} audio shard(s) are damaged or missing "
+              f"(their sha256 differs from {args.audio_shards}/shards.json): {names}; their "
+              f"{summary['lost_samples']} samples were not tokenized and are listed by key in {summary['report']}. "
+              f"Rebuild them with the same `mgen prep shards ... --verify` command, then re-run this one (finished "
+              f"shards are kept)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m data_prep.cli prep ...`` is the same as ``mgen prep ...``."""
-    from mgen.cli import main as mgen_main  # noqa: PLC0415 - mgen.cli imports this module
+    from mgen.cli import main as mgen_main  # here, not at the top: mgen.cli imports this module
 
     return mgen_main(argv)
 

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data_prep.shards import load_index, write_shards
+from data_prep.shards import ShardConfig, write_shards
 from data_prep.synth_corpus import build_synth_corpus
+from mgen.data.shard_index import load_index
 
 
 def build_bench_shards(out_dir: str | Path, n_clips: int = 12, clip_seconds: float = 10.0,
@@ -25,8 +26,9 @@ def build_bench_shards(out_dir: str | Path, n_clips: int = 12, clip_seconds: flo
     out = Path(out_dir)
     build_synth_corpus(out / "corpus", n_clips=n_clips, clip_seconds=clip_seconds, sample_rate=sample_rate,
                        workers=min(2, os.cpu_count() or 1), progress=False)
-    write_shards(out / "corpus" / "audio", out / "shards", sample_rate=sample_rate, channels=1,
-                 shard_max_samples=4, valid_fraction=0.0, workers=1, progress=False)
+    write_shards(out / "corpus" / "audio", out / "shards",
+                 ShardConfig(sample_rate=sample_rate, channels=1, shard_max_samples=4, valid_fraction=0.0), workers=1,
+                 progress=False)
     return out / "shards"
 
 

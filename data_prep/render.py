@@ -51,7 +51,8 @@ def find_soundfont(explicit: str | Path | None = None) -> Path:
     for candidate in SOUNDFONT_CANDIDATES:
         if Path(candidate).is_file():
             return Path(candidate)
-    raise RenderUnavailable(f"no General MIDI soundfont found (looked in {', '.join(SOUNDFONT_CANDIDATES)}); {INSTALL_HINT}")
+    raise RenderUnavailable(f"no General MIDI soundfont found (looked in {', '.join(SOUNDFONT_CANDIDATES)}); "
+                            f"{INSTALL_HINT}")
 
 
 class Renderer:
@@ -81,7 +82,8 @@ class Renderer:
                     raise RenderUnavailable(f"pyfluidsynth is not usable ({err}); {INSTALL_HINT}") from err
         if shutil.which("fluidsynth"):
             return "cli"
-        raise RenderUnavailable(f"FluidSynth is not installed (neither pyfluidsynth nor the fluidsynth command); {INSTALL_HINT}")
+        raise RenderUnavailable("FluidSynth is not installed (neither pyfluidsynth nor the fluidsynth command); "
+                                f"{INSTALL_HINT}")
 
     def render(self, midi, seconds: float) -> np.ndarray:
         """Exactly ``seconds`` of stereo audio for ``midi`` (a mido.MidiFile), silence-padded if it ends early."""

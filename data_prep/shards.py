@@ -3,9 +3,10 @@
 The run is planned up front and deterministically: inputs are sorted, their headers probed, split into
 train/valid by a hash of the source path (all segments of one file land in the same split), cut into segments,
 and packed into numbered shards (``train-000000.tar``, ``valid-000000.tar``). Each shard is then written
-independently, to a temporary name renamed into place when complete, followed by a done marker
-(``done/<shard>.json``) that records its sha256, its sample keys and the hash of its part of the plan. Re-running
-skips shards whose marker matches, so a killed run resumes where it stopped and a finished run is a no-op. A Slurm
+independently by the shard engine (`data_prep.engine`): to a temporary name renamed into place when complete,
+followed by a done marker (``done/<shard>.json``) that records its sha256, its sample keys and the hash of its part
+of the plan. Re-running skips shards whose marker matches, so a killed run resumes where it stopped and a finished
+run is a no-op. A Slurm
 job array splits the shard plan round-robin across tasks; each task writes ``shards.task-XXXX.json`` and
 ``merge_indexes`` joins them into ``shards.json`` (the same file a single run writes).
 
@@ -23,30 +24,26 @@ MusicCaps clips are never cut into segments, keep their ytid as sample key and g
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing as mp
 import os
 import re
-import tarfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
+from functools import partial
+from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
 
-from data_prep.atomic import remove_stale_tmp, write_atomic, write_bytes_atomic, write_json_atomic
-from data_prep.audio_io import (AudioError, check_channels, check_sample_rate, encode_flac, normalize_loudness,
-                                probe, read_segment, resample, to_channels)
+from data_prep.engine import ShardContent, ShardJob, commit_shard, index_body, make_shards, pending, write_report
 from data_prep.sources import InputItem, Problem, discover
-from mgen.checksum import file_sha256
-from mgen.data.shard_index import INDEX_NAME, load_index, shard_urls  # noqa: F401 - re-exported: the reader lives in mgen
+from mgen.atomic import write_json_atomic
+from mgen.audio import (AudioError, check_channels, check_sample_rate, encode_flac, normalize_loudness, probe,
+                        read_segment, resample, to_channels)
+from mgen.data.shard_index import INDEX_NAME, INDEX_VERSION, KIND_AUDIO, REPORT_NAME, SPLITS
 from mgen.paths import check_output_dir
 
-INDEX_VERSION = 1
-REPORT_NAME = "report.jsonl"
-DONE_DIR = "done"
-SPLITS = ("train", "valid")
 PEAK_DB = -1.0
 PROBE_POOL_MIN = 256
 DEFAULT_VALID_FRACTION = 0.05
@@ -55,6 +52,60 @@ CLIP_TOLERANCE_S = 0.5  # downloaders' clips run a little long (container paddin
 
 class MissingCaptionError(ValueError):
     """Raised when ``require_caption`` is set and some inputs have no caption."""
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """What audio shards hold: every field goes into the index's ``config`` and each shard's digest, so a changed
+    option rewrites exactly the shards it changes. Checked on construction, so a typo fails before hours of work.
+
+    ``segment_seconds`` cuts files into pieces (None: whole files), dropping tails shorter than
+    ``min_segment_seconds`` (default: half a segment). ``shard_max_mb`` is planned against the 16-bit PCM size, an
+    upper bound for the FLAC actually written. ``valid_fraction`` (default 0.05) of the source files go to
+    ``valid`` by a hash of their name; MusicCaps rows all go to ``valid`` unless it is given. ``loudness_db`` is an
+    RMS dBFS target per sample (None keeps levels).
+    """
+
+    sample_rate: int = 32000
+    channels: int = 1
+    segment_seconds: float | None = None
+    min_segment_seconds: float | None = None
+    shard_max_mb: float = 500.0
+    shard_max_samples: int = 10_000
+    valid_fraction: float | None = None
+    loudness_db: float | None = -20.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sample_rate", check_sample_rate(self.sample_rate))
+        object.__setattr__(self, "channels", check_channels(self.channels))
+        if self.segment_seconds is not None and not self.segment_seconds > 0:
+            raise ValueError(f"segment_seconds must be > 0 (or None for whole files), got {self.segment_seconds}")
+        if not 0.0 <= self.split_fraction < 1.0:
+            raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        if not self.shard_max_mb > 0 or int(self.shard_max_samples) < 1:
+            raise ValueError(f"shard limits must be positive (shard_max_mb={self.shard_max_mb}, "
+                             f"shard_max_samples={self.shard_max_samples})")
+
+    @property
+    def min_seconds(self) -> float:
+        """The shortest sample kept: ``min_segment_seconds``, by default half a segment (0 for whole files)."""
+        if self.min_segment_seconds is not None:
+            return float(self.min_segment_seconds)
+        return self.segment_seconds / 2 if self.segment_seconds else 0.0
+
+    @property
+    def split_fraction(self) -> float:
+        return DEFAULT_VALID_FRACTION if self.valid_fraction is None else float(self.valid_fraction)
+
+    def index_config(self) -> dict[str, Any]:
+        """The index's ``config``: the fields as resolved, and the fixed choices that also shape the bytes."""
+        return {"version": INDEX_VERSION, "format": "flac-pcm16", "sample_rate": self.sample_rate,
+                "channels": self.channels,
+                "segment_seconds": None if self.segment_seconds is None else float(self.segment_seconds),
+                "min_segment_seconds": self.min_seconds, "loudness_db": self.loudness_db,
+                "loudness": "rms-dbfs" if self.loudness_db is not None else None, "peak_db": PEAK_DB,
+                "valid_fraction": self.split_fraction, "shard_max_mb": float(self.shard_max_mb),
+                "shard_max_samples": int(self.shard_max_samples)}
 
 
 @dataclass(frozen=True)
@@ -71,16 +122,17 @@ class SampleSpec:
 
 
 @dataclass(frozen=True)
-class ShardPlan:
-    name: str
-    split: str
-    samples: tuple[SampleSpec, ...]
+class AudioShard(ShardJob):
+    """One planned audio shard: the samples it holds."""
 
-    def digest(self, config: dict[str, Any]) -> str:
-        """Hash of everything that determines this shard's bytes: a changed option or input rewrites it."""
-        blob = json.dumps({"config": config, "name": self.name, "samples": [asdict(s) for s in self.samples]},
-                          sort_keys=True, ensure_ascii=False, default=str)
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    samples: tuple[SampleSpec, ...] = ()
+
+
+def shard_digest(name: str, samples: list[SampleSpec], index_config: dict[str, Any]) -> str:
+    """Hash of everything that determines a shard's bytes: a changed option or input rewrites it."""
+    blob = json.dumps({"config": index_config, "name": name, "samples": [asdict(s) for s in samples]},
+                      sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------- planning
@@ -99,7 +151,8 @@ def sample_key(source: str, segment: int) -> str:
     return f"{slug}-{digest}-{segment:04d}"
 
 
-def segment_bounds(duration: float, segment_seconds: float | None, min_segment_seconds: float) -> list[tuple[float, float]]:
+def segment_bounds(duration: float, segment_seconds: float | None, min_segment_seconds: float
+                   ) -> list[tuple[float, float]]:
     """(start, length) pieces of a file; a tail shorter than ``min_segment_seconds`` is dropped."""
     if not segment_seconds:
         return [(0.0, duration)] if duration >= min_segment_seconds else []
@@ -126,12 +179,12 @@ def clip_bounds(clip: tuple[float, float], duration: float) -> tuple[float, floa
                      f"clip's end at {end:g} s")
 
 
-def item_bounds(item: InputItem, duration: float, config: dict[str, Any]) -> list[tuple[float, float]]:
+def item_bounds(item: InputItem, duration: float, config: ShardConfig) -> list[tuple[float, float]]:
     """(start, length) of the samples one input gives: its clip, or the file cut into segments."""
     if item.clip is None:
-        return segment_bounds(duration, config["segment_seconds"], config["min_segment_seconds"])
+        return segment_bounds(duration, config.segment_seconds, config.min_seconds)
     start, length = clip_bounds(item.clip, duration)
-    return [(start, length)] if length >= config["min_segment_seconds"] - 1e-9 else []
+    return [(start, length)] if length >= config.min_seconds - 1e-9 else []
 
 
 def _probe_item(item: InputItem) -> tuple[InputItem, float | None, int | None, str | None]:
@@ -142,132 +195,67 @@ def _probe_item(item: InputItem) -> tuple[InputItem, float | None, int | None, s
     return item, info.frames / info.samplerate, int(info.samplerate), None
 
 
-def plan_shards(items: list[InputItem], durations: dict[str, float], config: dict[str, Any]) -> list[ShardPlan]:
+def plan_shards(items: list[InputItem], durations: dict[str, float], config: ShardConfig) -> list[AudioShard]:
     """Pack segments into shards per split, in sorted order, honouring the per-shard sample and size limits."""
-    est_bytes_per_second = config["sample_rate"] * config["channels"] * 2  # 16-bit PCM: an upper bound for FLAC
-    max_bytes = config["shard_max_mb"] * 1e6
-    shards: list[ShardPlan] = []
+    est_bytes_per_second = config.sample_rate * config.channels * 2  # 16-bit PCM: an upper bound for FLAC
+    max_bytes = config.shard_max_mb * 1e6
+    index_config = config.index_config()
+    shards: list[AudioShard] = []
     for split in SPLITS:
-        current: list[SampleSpec] = []
+        groups: list[list[SampleSpec]] = [[]]
         size = 0.0
-        count = 0
-
-        def close() -> None:
-            nonlocal current, size, count
-            if current:
-                shards.append(ShardPlan(f"{split}-{count:06d}.tar", split, tuple(current)))
-                count += 1
-            current, size = [], 0.0
-
         for item in items:
-            if item.source not in durations or (item.split or split_of(item.source, config["valid_fraction"])) != split:
+            if item.source not in durations or (item.split or split_of(item.source, config.split_fraction)) != split:
                 continue
             for index, (start, length) in enumerate(item_bounds(item, durations[item.source], config)):
                 est = length * est_bytes_per_second + 2048
-                if current and (len(current) >= config["shard_max_samples"] or size + est > max_bytes):
-                    close()
+                if groups[-1] and (len(groups[-1]) >= config.shard_max_samples or size + est > max_bytes):
+                    groups.append([])
+                    size = 0.0
                 key = item.key or sample_key(item.source, index)
-                current.append(SampleSpec(key, item.path, item.source, start, length, item.caption or "", item.meta))
+                groups[-1].append(SampleSpec(key, item.path, item.source, start, length, item.caption or "", item.meta))
                 size += est
-        close()
+        for count, group in enumerate(g for g in groups if g):
+            name = f"{split}-{count:06d}.tar"
+            shards.append(AudioShard(name, split, shard_digest(name, group, index_config), tuple(group)))
     return shards
 
 
 # ----------------------------------------------------------------------------------------------------------- writing
 
-def _load_sample(spec: SampleSpec, config: dict[str, Any]) -> tuple[bytes, float]:
+def _load_sample(spec: SampleSpec, config: ShardConfig) -> tuple[bytes, float]:
     """Decode, convert and encode one segment; returns FLAC bytes and the duration actually written."""
     info = probe(spec.path)
     rate_in = int(info.samplerate)
     first = int(round(spec.start * rate_in))
     count = min(int(round(spec.duration * rate_in)), info.frames - first)
     audio, rate_in = read_segment(spec.path, first, count)
-    audio = resample(to_channels(audio, config["channels"]), rate_in, config["sample_rate"])
-    if config["loudness_db"] is not None:
-        audio = normalize_loudness(audio, config["loudness_db"], PEAK_DB)
-    return encode_flac(audio, config["sample_rate"]), audio.shape[0] / config["sample_rate"]
+    audio = resample(to_channels(audio, config.channels), rate_in, config.sample_rate)
+    if config.loudness_db is not None:
+        audio = normalize_loudness(audio, config.loudness_db, PEAK_DB)
+    return encode_flac(audio, config.sample_rate), audio.shape[0] / config.sample_rate
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    """A tar member with fixed owner, mode and mtime, so the same content always gives the same shard bytes."""
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _write_shard(task: tuple[ShardPlan, str, dict[str, Any], str]) -> dict[str, Any]:
-    """Write one shard (temp name -> rename), then its done marker; returns the shard's index entry."""
-    shard, out_dir, config, digest = task
-    out = Path(out_dir)
-    final = out / shard.name
-    marker = out / DONE_DIR / f"{shard.name}.json"
-    remove_stale_tmp(final)
-    remove_stale_tmp(marker)
-    skipped: list[dict[str, Any]] = []
-    members: list[tuple[str, bytes]] = []
-    keys: list[str] = []
-    seconds = 0.0
+def _write_shard(out: Path, config: ShardConfig, shard: AudioShard) -> dict[str, Any]:
+    """Encode one shard's samples (an input that fails is skipped and reported) and commit it; returns its entry."""
+    content = ShardContent()
     for spec in shard.samples:
         try:
             flac, written = _load_sample(spec, config)
         except AudioError as err:
-            skipped.append(Problem(spec.path, str(err), "decode", spec.start).as_dict())
+            content.skipped.append(Problem(spec.path, str(err), "decode", spec.start).as_dict())
             continue
         except Exception as err:  # anything else about one file must not stop the run either
-            skipped.append(Problem(spec.path, f"{type(err).__name__}: {str(err)[:200]}", "decode", spec.start).as_dict())
+            content.skipped.append(Problem(spec.path, f"{type(err).__name__}: {str(err)[:200]}", "decode",
+                                           spec.start).as_dict())
             continue
         meta = {
             "caption": spec.caption, "description": spec.caption, "source": spec.source, "path": spec.path,
-            "start": spec.start, "duration": round(written, 6), "sample_rate": config["sample_rate"],
-            "channels": config["channels"], "split": shard.split, "meta": spec.meta,
+            "start": spec.start, "duration": round(written, 6), "sample_rate": config.sample_rate,
+            "channels": config.channels, "split": shard.split, "meta": spec.meta,
         }
-        members.append((f"{spec.key}.flac", flac))
-        members.append((f"{spec.key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str).encode()))
-        keys.append(spec.key)
-        seconds += written
-
-    # the marker lists the keys, so a reader of a damaged copy of the shard can name every sample it lost
-    entry: dict[str, Any] = {"name": shard.name, "split": shard.split, "samples": len(keys),
-                             "seconds": round(seconds, 6), "plan_hash": digest, "skipped": skipped, "keys": keys}
-    if members:
-        def writer(f) -> None:
-            with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
-                for name, data in members:
-                    _add(tar, name, data)
-
-        write_atomic(final, writer)
-        entry["bytes"] = final.stat().st_size
-        entry["sha256"] = file_sha256(final)
-    else:
-        final.unlink(missing_ok=True)
-        entry["bytes"], entry["sha256"] = 0, None
-    write_json_atomic(marker, entry)
-    return entry
-
-
-def _finished(out: Path, shard: ShardPlan, digest: str, verify: bool) -> dict[str, Any] | None:
-    """The done marker's entry if this shard is complete and matches the plan, else None."""
-    marker = out / DONE_DIR / f"{shard.name}.json"
-    if not marker.is_file():
-        return None
-    try:
-        entry = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if entry.get("plan_hash") != digest:
-        return None
-    if entry["samples"] == 0:
-        return entry
-    final = out / shard.name
-    if not final.is_file() or final.stat().st_size != entry.get("bytes"):
-        return None
-    if verify and file_sha256(final) != entry.get("sha256"):
-        return None
-    return entry
+        content.add(spec.key, {"flac": flac}, meta, written)
+    return commit_shard(out, shard, content)
 
 
 # ------------------------------------------------------------------------------------------------------- entry point
@@ -285,50 +273,24 @@ def task_from_env(task_index: int | None, num_tasks: int | None) -> tuple[int, i
     return task_index, num_tasks
 
 
-def _config(sample_rate: int, channels: int, segment_seconds: float | None, min_segment_seconds: float | None,
-            shard_max_mb: float, shard_max_samples: int, valid_fraction: float, loudness_db: float | None) -> dict:
-    sample_rate = check_sample_rate(sample_rate)
-    channels = check_channels(channels)
-    if segment_seconds is not None and not segment_seconds > 0:
-        raise ValueError(f"segment_seconds must be > 0 (or None for whole files), got {segment_seconds}")
-    if min_segment_seconds is None:
-        min_segment_seconds = segment_seconds / 2 if segment_seconds else 0.0
-    if not 0.0 <= valid_fraction < 1.0:
-        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
-    if not shard_max_mb > 0 or int(shard_max_samples) < 1:
-        raise ValueError(f"shard limits must be positive (shard_max_mb={shard_max_mb}, "
-                         f"shard_max_samples={shard_max_samples})")
-    return {"version": INDEX_VERSION, "format": "flac-pcm16", "sample_rate": sample_rate, "channels": channels,
-            "segment_seconds": None if segment_seconds is None else float(segment_seconds),
-            "min_segment_seconds": float(min_segment_seconds), "loudness_db": loudness_db,
-            "loudness": "rms-dbfs" if loudness_db is not None else None, "peak_db": PEAK_DB,
-            "valid_fraction": float(valid_fraction), "shard_max_mb": float(shard_max_mb),
-            "shard_max_samples": int(shard_max_samples)}
+def write_shards(inputs: str | Path | list[str | Path], out_dir: str | Path, config: ShardConfig | None = None, *,
+                 audio_dir: str | Path | None = None, require_caption: bool = False, workers: int | None = None,
+                 task_index: int | None = None, num_tasks: int | None = None, verify: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
+    """Shard ``inputs`` into ``out_dir`` as ``config`` says (default: `ShardConfig()`); returns a summary (the index
+    itself is in ``out_dir/shards.json``).
 
-
-def write_shards(inputs: str | Path | list[str | Path], out_dir: str | Path, sample_rate: int = 32000,
-                 channels: int = 1, segment_seconds: float | None = None, shard_max_mb: float = 500.0,
-                 shard_max_samples: int = 10_000, valid_fraction: float | None = None,
-                 loudness_db: float | None = -20.0, workers: int | None = None, require_caption: bool = False,
-                 task_index: int | None = None, num_tasks: int | None = None,
-                 min_segment_seconds: float | None = None, verify: bool = False, progress: bool = True,
-                 audio_dir: str | Path | None = None) -> dict[str, Any]:
-    """Shard ``inputs`` into ``out_dir``; returns a summary (the index itself is in ``out_dir/shards.json``).
-
-    ``loudness_db`` is an RMS dBFS target per sample (None keeps levels); ``shard_max_mb`` is planned against the
-    16-bit PCM size, an upper bound for the FLAC actually written. ``valid_fraction`` (default 0.05) of the
-    source files go to ``valid`` by a hash of their name; MusicCaps rows (clips in ``audio_dir``) all go to
-    ``valid`` unless ``valid_fraction`` is given. With a job array (``task_index``/``num_tasks``,
-    defaulting from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT) this writes only the task's shards and a partial
-    index; call ``merge_indexes`` once all tasks are done. A single run (one task) merges by itself.
+    MusicCaps rows take their clips from ``audio_dir``. ``workers`` processes (default: the CPU count) probe and
+    encode. With a job array (``task_index``/``num_tasks``, defaulting from SLURM_ARRAY_TASK_ID/
+    SLURM_ARRAY_TASK_COUNT) this writes only the task's shards and a partial index; call ``merge_indexes`` once all
+    tasks are done. A single run (one task) merges by itself. ``verify`` re-hashes finished shards before skipping.
     """
     start_time = time.perf_counter()
-    config = _config(sample_rate, channels, segment_seconds, min_segment_seconds, shard_max_mb, shard_max_samples,
-                     DEFAULT_VALID_FRACTION if valid_fraction is None else valid_fraction, loudness_db)
+    config = config or ShardConfig()
     task_index, num_tasks = task_from_env(task_index, num_tasks)
     out = check_output_dir(out_dir)
     items, problems = discover(inputs, audio_dir)
-    if valid_fraction is not None:  # an explicit fraction splits every input by its hash
+    if config.valid_fraction is not None:  # an explicit fraction splits every input by its hash
         items = [replace(item, split=None) for item in items]
     workers = max(1, int(workers or os.cpu_count() or 1))
     # A spawn pool costs about a second to start: only worth it for many headers or several shards.
@@ -336,42 +298,33 @@ def write_shards(inputs: str | Path | list[str | Path], out_dir: str | Path, sam
     try:
         durations = _probe_all(items, pool, config, problems)
         missing = _check_captions([item for item in items if item.source in durations], require_caption)
-        (out / DONE_DIR).mkdir(parents=True, exist_ok=True)
         plan = plan_shards(items, durations, config)
-        digests = [shard.digest(config) for shard in plan]
-        plan_id = hashlib.sha256("".join(digests).encode()).hexdigest()
-        mine = [i for i in range(len(plan)) if i % num_tasks == task_index]
-
-        entries: dict[str, dict[str, Any]] = {}
-        todo = []
-        for i in mine:
-            done = _finished(out, plan[i], digests[i], verify)
-            if done is not None:
-                entries[plan[i].name] = done
-            else:
-                todo.append((plan[i], str(out), config, digests[i]))
+        plan_id = hashlib.sha256("".join(shard.digest for shard in plan).encode()).hexdigest()
+        mine = plan[task_index::num_tasks]
+        entries, todo = pending(out, mine, verify)
         resumed = len(entries)
         if pool is None and workers > 1 and len(todo) > 1:
             pool = mp.get_context("spawn").Pool(min(workers, len(todo)))
-        _run_writes(todo, pool, entries, progress)
+        make_shards(out, todo, partial(_write_shard, out, config), entries, progress, "shards", pool)
     finally:
         if pool:
             pool.close()
             pool.join()
 
-    partial = {"version": INDEX_VERSION, "plan_id": plan_id, "task_index": task_index, "num_tasks": num_tasks,
-               "num_shards_planned": len(plan), "config": config, "inputs": len(items),
-               "missing_captions": len(missing),
-               "problems": [p.as_dict() for p in sorted(problems, key=lambda p: (p.path, p.stage))],
-               "shards": [{k: v for k, v in entries[plan[i].name].items() if k != "keys"} for i in mine]}
+    partial_index = {
+        "version": INDEX_VERSION, "plan_id": plan_id, "task_index": task_index, "num_tasks": num_tasks,
+        "num_shards_planned": len(plan), "config": config.index_config(), "inputs": len(items),
+        "missing_captions": len(missing),
+        "problems": [p.as_dict() for p in sorted(problems, key=lambda p: (p.path, p.stage))],
+        "shards": [{k: v for k, v in entries[shard.name].items() if k != "keys"} for shard in mine]}
     partial_path = out / f"shards.task-{task_index:04d}.json"
-    write_json_atomic(partial_path, partial)
+    write_json_atomic(partial_path, partial_index)
+    shards = partial_index["shards"]
     summary = {
         "out_dir": str(out), "task_index": task_index, "num_tasks": num_tasks, "inputs": len(items),
         "shards_planned": len(plan), "shards_this_task": len(mine), "shards_written": len(todo),
-        "shards_resumed": resumed, "samples": sum(e["samples"] for e in partial["shards"]),
-        "seconds": sum(e["seconds"] for e in partial["shards"]),
-        "skipped_samples": sum(len(e["skipped"]) for e in partial["shards"]),
+        "shards_resumed": resumed, "samples": sum(e["samples"] for e in shards),
+        "seconds": sum(e["seconds"] for e in shards), "skipped_samples": sum(len(e["skipped"]) for e in shards),
         "problems": len(problems), "missing_audio": sum(p.stage == "missing" for p in problems),
         "missing_captions": len(missing), "partial_index": str(partial_path),
     }
@@ -383,7 +336,8 @@ def write_shards(inputs: str | Path | list[str | Path], out_dir: str | Path, sam
     return summary
 
 
-def _probe_all(items: list[InputItem], pool, config: dict[str, Any], problems: list[Problem]) -> dict[str, float]:
+def _probe_all(items: list[InputItem], pool: Pool | None, config: ShardConfig, problems: list[Problem]
+               ) -> dict[str, float]:
     """Duration of every readable input by source name; unreadable or too-short inputs go to ``problems``."""
     probed = pool.imap(_probe_item, items, chunksize=16) if pool else map(_probe_item, items)
     durations: dict[str, float] = {}
@@ -418,22 +372,6 @@ def _check_captions(usable: list[InputItem], require_caption: bool) -> list[Inpu
     return missing
 
 
-def _run_writes(todo: list, pool, entries: dict[str, dict[str, Any]], progress: bool) -> None:
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(todo), unit="shard", desc="shards", disable=not progress or not todo)
-    minutes = 0.0
-    try:
-        results = pool.imap_unordered(_write_shard, todo) if pool else map(_write_shard, todo)
-        for entry in results:
-            entries[entry["name"]] = entry
-            minutes += entry["seconds"] / 60.0
-            bar.set_postfix(audio_min=f"{minutes:.1f}")
-            bar.update()
-    finally:
-        bar.close()
-
-
 # -------------------------------------------------------------------------------------------------------- the index
 
 def merge_indexes(out_dir: str | Path, partials: list[Path] | None = None) -> dict[str, Any]:
@@ -462,27 +400,14 @@ def merge_indexes(out_dir: str | Path, partials: list[Path] | None = None) -> di
     shards = sorted((e for p in parts for e in p["shards"]), key=lambda e: (SPLITS.index(e["split"]), e["name"]))
     if len(shards) != first["num_shards_planned"]:
         raise ValueError(f"cannot merge {out}: {len(shards)} of {first['num_shards_planned']} planned shards recorded")
-    listed = [{k: e[k] for k in ("name", "split", "samples", "seconds", "bytes", "sha256")} for e in shards
-              if e["samples"] > 0]
-    splits = {}
-    for split in SPLITS:
-        chosen = [e for e in listed if e["split"] == split]
-        splits[split] = {"shards": len(chosen), "samples": sum(e["samples"] for e in chosen),
-                         "seconds": round(sum(e["seconds"] for e in chosen), 6)}
-    report = first["problems"] + [s for e in shards for s in e["skipped"]]
-    index = {
-        "version": INDEX_VERSION, "plan_id": first["plan_id"], "config": first["config"], "shards": listed,
-        "splits": splits,
-        "totals": {"shards": len(listed), "samples": sum(e["samples"] for e in listed),
-                   "seconds": round(sum(e["seconds"] for e in listed), 6), "bytes": sum(e["bytes"] for e in listed),
-                   "inputs": first["inputs"], "missing_captions": first["missing_captions"],
-                   "skipped_inputs": len(first["problems"]),
-                   "missing_audio": sum(p["stage"] == "missing" for p in first["problems"]),
-                   "skipped_samples": sum(len(e["skipped"]) for e in shards)},
-    }
-    lines = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in report)
-    write_bytes_atomic(out / REPORT_NAME, lines.encode("utf-8"))
-    if not listed:  # an empty index would only move the failure to training
+    index = {"version": INDEX_VERSION, "kind": KIND_AUDIO, "plan_id": first["plan_id"], "config": first["config"],
+             **index_body(shards, ("samples", "seconds"))}
+    index["totals"].update(inputs=first["inputs"], missing_captions=first["missing_captions"],
+                           skipped_inputs=len(first["problems"]),
+                           missing_audio=sum(p["stage"] == "missing" for p in first["problems"]),
+                           skipped_samples=sum(len(e["skipped"]) for e in shards))
+    write_report(out, first["problems"] + [s for e in shards for s in e["skipped"]])
+    if not index["shards"]:  # an empty index would only move the failure to training
         raise ValueError(f"nothing usable found: none of the {first['inputs']} inputs gave a sample "
                          f"({len(first['problems'])} inputs and {index['totals']['skipped_samples']} segments "
                          f"skipped, e.g. silent, NaN or unreadable audio); the reasons are in {out / REPORT_NAME}")
@@ -490,14 +415,3 @@ def merge_indexes(out_dir: str | Path, partials: list[Path] | None = None) -> di
     return index
 
 
-def shard_keys(out_dir: str | Path, entry: dict[str, Any]) -> list[str] | None:
-    """The sample keys the done marker of an index entry lists, when the marker belongs to that very shard (same
-    sha256); None for shards written before markers listed keys, or without their ``done/`` folder."""
-    try:
-        marker = json.loads((Path(out_dir) / DONE_DIR / f"{entry['name']}.json").read_text())
-    except (OSError, ValueError):
-        return None
-    keys = marker.get("keys") if isinstance(marker, dict) else None
-    if not isinstance(keys, list) or marker.get("sha256") != entry.get("sha256") or len(keys) != entry.get("samples"):
-        return None
-    return keys

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.atomic import remove_stale_tmp, write_atomic, write_bytes_atomic, write_json_atomic
-from data_prep.audio_io import check_channels, check_sample_rate, encode_flac, normalize_loudness, to_channels
 from data_prep.render import INSTALL_HINT, Renderer, RenderUnavailable, find_soundfont
+from mgen.atomic import remove_temporaries_of, write_atomic, write_bytes_atomic, write_json_atomic
+from mgen.audio import check_channels, check_sample_rate, encode_flac, normalize_loudness, to_channels
 from mgen.paths import check_output_dir
 
 ATTEMPTS = 3
@@ -225,7 +225,7 @@ def build_synth_corpus(out_dir: str | Path, minutes: float = 2.0, n_clips: int |
                                         "(or pass mma_fraction=0 for music21 scores only)")
         for index in todo:
             for ext in (".json", ".flac", ".mid"):
-                remove_stale_tmp(audio_dir / f"{clip_id(seed, index)}{ext}")
+                remove_temporaries_of(audio_dir / f"{clip_id(seed, index)}{ext}")
         plans = _plan(todo, seed, mma_fraction)
         jobs = [ClipJob(clip_id(seed, i), i, plans[i], str(audio_dir), float(clip_seconds), sample_rate, channels,
                         float(loudness_db)) for i in todo]

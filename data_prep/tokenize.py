@@ -2,15 +2,16 @@
 
 LM training then reads codes instead of running the codec every step (audiocraft's token cache, MusicGen paper
 section 1.5). Output shards keep the audio shards' names and splits; each sample holds ``<key>.codes.npy``
-(``[K, T]``, int16 when the cardinality fits, else int32), ``<key>.json`` (the audio sample's metadata plus
-``frame_rate``, ``num_codebooks``, ``cardinality``, ``frames`` and the codec's identity) and, with ``--chroma``,
+(``[K, T]``, int16 when the codebook size fits, else int32), ``<key>.json`` (the audio sample's metadata plus
+``frame_rate``, ``n_q``, ``card``, ``frames`` and the codec's identity) and, with ``--chroma``,
 ``<key>.chroma.npy`` (``[12, T]`` float16, one chroma frame per codec frame, see ``mgen.data.chroma``). The index
 ``shards.json`` has ``kind: "tokens"`` and the codec's description, so training can check it.
 
-Resumable and idempotent like ``mgen prep shards``: every output shard is written to a temporary name and renamed
-when complete, then a done marker records its hash and the hash of its inputs (the audio shard's sha256, the
-codec's weights and config, the chroma flag). A re-run skips shards whose marker matches; a killed run leaves only
-temporaries, which the next run deletes. Samples that cannot be encoded are skipped and listed in ``report.jsonl``.
+Written by the same engine as ``mgen prep shards`` (`data_prep.engine`), so resumable and idempotent the same way:
+every output shard is written to a temporary name and renamed when complete, then a done marker records its hash
+and the hash of its inputs (the audio shard's sha256, the codec's weights and config, the chroma flag). A re-run
+skips shards whose marker matches; a killed run leaves only temporaries, which the next run deletes. Samples that
+cannot be encoded are skipped and listed in ``report.jsonl``.
 
 Every input shard is checked against its audio index first (sha256, sample count). A shard whose bytes changed
 since ``mgen prep shards`` wrote it (a bad disk, an interrupted copy) is not tokenized at all, since a damaged
@@ -23,30 +24,29 @@ then exits with code 1 so that a pipeline does not train on a silently smaller d
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
-import sys
 import tarfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import soundfile as sf
 
 if TYPE_CHECKING:  # torch is imported where it is used, so `mgen --help` and `mgen prep shards` stay fast
     import torch
 
-from data_prep.atomic import remove_stale_tmp, write_atomic, write_bytes_atomic, write_json_atomic
-from data_prep.shards import DONE_DIR, INDEX_NAME, REPORT_NAME, SPLITS, load_index, shard_keys
+from data_prep.engine import ShardContent, ShardJob, commit_shard, index_body, make_shards, pending, write_report
+from mgen.atomic import write_json_atomic
+from mgen.audio import read_audio
 from mgen.checksum import file_sha256
+from mgen.data.shard_index import (INDEX_NAME, INDEX_VERSION, KIND_AUDIO, KIND_TOKENS, REPORT_NAME, index_kind,
+                                   load_index, shard_keys)
 from mgen.paths import check_output_dir
 
-TOKEN_INDEX_VERSION = 1
-KIND = "tokens"
 CHROMA_DTYPE = np.float16
 
 
@@ -69,7 +69,7 @@ def codec_identity(codec: Any, path: str | Path | None) -> dict[str, Any]:
     return {"sha256": state_sha256(codec), "path": str(path) if path is not None else None,
             "config": codec.config.to_dict(), "sample_rate": int(codec.sample_rate), "channels": int(codec.channels),
             "frame_rate": float(codec.frame_rate), "hop_length": int(codec.hop_length),
-            "num_codebooks": int(codec.num_codebooks), "cardinality": int(codec.cardinality)}
+            "n_q": int(codec.n_q), "card": int(codec.card)}
 
 
 def _channels_word(channels: int) -> str:
@@ -89,13 +89,19 @@ def check_codec_matches(codec: Any, audio_config: dict[str, Any], codec_name: st
 
 # --------------------------------------------------------------------------------------------------- one shard
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    """A member with fixed owner, mode and mtime: the same content always gives the same shard bytes."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+@dataclass(frozen=True)
+class TokenShard(ShardJob):
+    """One token shard to make: the audio shard it encodes, what the audio index says of that shard (its sha256,
+    sample count and, from its done marker, its keys), and how to encode it."""
+
+    src: str = ""
+    sha256: str | None = None
+    expected_samples: int = 0
+    keys: tuple[str, ...] | None = None
+    batch_size: int = 16
+    chroma: bool = False
+    sample_rate: int = 0
+    channels: int = 0
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -172,32 +178,22 @@ def decode_sample(members: dict[str, bytes], rate: int, channels: int) -> tuple[
         raise ValueError(f"invalid json: {err}") from err
     if not isinstance(meta, dict):
         raise ValueError("json is not an object")
-    try:
-        audio, got_rate = sf.read(io.BytesIO(members["flac"]), dtype="float32", always_2d=True)
-    except Exception as err:  # libsndfile raises several types for corrupt data
-        raise ValueError(f"cannot decode audio: {type(err).__name__}: {str(err)[:200]}") from err
-    if audio.shape[0] == 0:
-        raise ValueError("empty audio")
-    if not np.isfinite(audio).all():
-        raise ValueError("audio contains NaN or Inf")
+    audio, got_rate = read_audio(io.BytesIO(members["flac"]), where="flac member")
     if got_rate != rate or audio.shape[1] != channels:
         raise ValueError(f"sample is {got_rate} Hz x {audio.shape[1]} ch, the index says {rate} Hz x {channels} ch")
     return meta, np.ascontiguousarray(audio.T)
 
 
 class _Encoder:
-    """Encodes pending samples in equal-length batches and writes their members to the open tar."""
+    """Encodes pending samples in equal-length batches and adds their members to the shard's content."""
 
-    def __init__(self, codec: Any, identity: dict[str, Any], tar: tarfile.TarFile, shard: str, batch_size: int,
+    def __init__(self, codec: Any, identity: dict[str, Any], content: ShardContent, shard: str, batch_size: int,
                  device: torch.device, chroma: bool) -> None:
-        self.codec, self.tar, self.shard, self.batch_size = codec, tar, shard, batch_size
+        self.codec, self.content, self.shard, self.batch_size = codec, content, shard, batch_size
         self.device, self.chroma = device, chroma
-        self.code_dtype = np.int16 if codec.cardinality <= np.iinfo(np.int16).max else np.int32
+        self.code_dtype = np.int16 if codec.card <= np.iinfo(np.int16).max else np.int32
         self.codec_ref = {"sha256": identity["sha256"], "path": identity["path"]}
         self.pending: dict[int, list[tuple[str, dict[str, Any], np.ndarray]]] = defaultdict(list)
-        self.samples = 0
-        self.frames = 0
-        self.seconds = 0.0
 
     def add(self, key: str, meta: dict[str, Any], audio: np.ndarray) -> None:
         group = self.pending[audio.shape[1]]
@@ -221,105 +217,66 @@ class _Encoder:
 
         for (key, meta, audio), sample_codes in zip(items, codes):
             frames = int(sample_codes.shape[-1])
-            record = {**meta, "frame_rate": float(self.codec.frame_rate), "num_codebooks": int(sample_codes.shape[0]),
-                      "cardinality": int(self.codec.cardinality), "frames": frames, "codec": self.codec_ref,
+            record = {**meta, "frame_rate": float(self.codec.frame_rate), "n_q": int(sample_codes.shape[0]),
+                      "card": int(self.codec.card), "frames": frames, "codec": self.codec_ref,
                       "audio_shard": self.shard, "chroma": self.chroma}
-            _add(self.tar, f"{key}.codes.npy", _npy(sample_codes.astype(self.code_dtype)))
+            data = {"codes.npy": _npy(sample_codes.astype(self.code_dtype))}
             if self.chroma:
                 chroma = chromagram(audio, self.codec.sample_rate, self.codec.hop_length, num_frames=frames)
-                _add(self.tar, f"{key}.chroma.npy", _npy(chroma.numpy().astype(CHROMA_DTYPE)))
-            _add(self.tar, f"{key}.json",
-                 json.dumps(record, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8"))
-            self.samples += 1
-            self.frames += frames
-            self.seconds += audio.shape[1] / self.codec.sample_rate
+                data["chroma.npy"] = _npy(chroma.numpy().astype(CHROMA_DTYPE))
+            self.content.add(key, data, record, audio.shape[1] / self.codec.sample_rate, frames)
 
 
-def tokenize_one(task: dict[str, Any], codec: Any, identity: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Write one token shard (temp name -> rename), then its done marker; returns the index entry."""
-    src, out, name = Path(task["src"]), Path(task["out_dir"]), task["name"]
-    final, marker = out / name, out / DONE_DIR / f"{name}.json"
-    remove_stale_tmp(final)
-    remove_stale_tmp(marker)
-    if not src.is_file() or (task.get("sha256") and file_sha256(src) != task["sha256"]):
-        final.unlink(missing_ok=True)  # a token shard from an older plan: not this input's tokens
-        return _damaged_entry(task, src)
-    problems: list[dict[str, Any]] = []
-    counts: dict[str, Any] = {}
+def tokenize_one(job: TokenShard, out: Path, codec: Any, identity: dict[str, Any], device: torch.device
+                 ) -> dict[str, Any]:
+    """Encode one audio shard and commit its token shard; returns the index entry."""
+    src = Path(job.src)
+    if not src.is_file() or (job.sha256 and file_sha256(src) != job.sha256):
+        (out / job.name).unlink(missing_ok=True)  # a token shard from an older plan: not this input's tokens
+        return _damaged_entry(job, src)
+    content = ShardContent(frames=0)
+    enc = _Encoder(codec, identity, content, job.name, job.batch_size, device, job.chroma)
     seen: list[str] = []
-
-    def writer(f) -> None:
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            enc = _Encoder(codec, identity, tar, name, task["batch_size"], device, task["chroma"])
-            for key, members in read_audio_samples(src, problems):
-                seen.append(key)
-                try:
-                    meta, audio = decode_sample(members, task["sample_rate"], task["channels"])
-                except ValueError as err:
-                    problems.append({"shard": name, "key": key, "reason": str(err)[:300]})
-                    continue
-                enc.add(key, meta, audio)
-            enc.flush()
-            counts.update(samples=enc.samples, frames=enc.frames, seconds=round(enc.seconds, 6))
-
-    write_atomic(final, writer)
-    problems += _missing_samples(task, seen, problems)
-    entry = {"name": name, "split": task["split"], **counts, "plan_hash": task["digest"], "skipped": problems}
-    if counts["samples"]:
-        entry["bytes"], entry["sha256"] = final.stat().st_size, file_sha256(final)
-    else:
-        final.unlink(missing_ok=True)
-        entry["bytes"], entry["sha256"] = 0, None
-    write_json_atomic(marker, entry)
-    return entry
+    for key, members in read_audio_samples(src, content.skipped):
+        seen.append(key)
+        try:
+            meta, audio = decode_sample(members, job.sample_rate, job.channels)
+        except ValueError as err:
+            content.skipped.append({"shard": job.name, "key": key, "reason": str(err)[:300]})
+            continue
+        enc.add(key, meta, audio)
+    enc.flush()
+    content.skipped += _missing_samples(job, seen, content.skipped)
+    return commit_shard(out, job, content)
 
 
-def _damaged_entry(task: dict[str, Any], src: Path) -> dict[str, Any]:
+def _damaged_entry(job: TokenShard, src: Path) -> dict[str, Any]:
     """The index entry of an audio shard whose bytes are not the ones its index hashed: nothing is tokenized (a
     damaged member can still decode, as noise) and every sample it held is reported lost, by key. No done marker
     is written, so the next run tries the shard again once it is rebuilt (`mgen prep shards ... --verify`)."""
-    name, expected = task["name"], int(task.get("samples") or 0)
     damage = "its sha256 differs from shards.json" if src.is_file() else "the file is missing"
     reason = f"audio shard damaged ({damage}): not tokenized"
-    keys = task.get("keys")
+    keys = job.keys
     if keys is None:  # an index from before done markers listed keys: the headers that survive name the samples
-        keys = scan_member_keys(src) if src.is_file() else []
+        keys = tuple(scan_member_keys(src)) if src.is_file() else ()
         reason += "; key read from the damaged shard's surviving tar headers"
-    lost = [{"shard": name, "key": key, "reason": reason} for key in keys]
-    lost += [{"shard": name, "key": None, "reason": "audio shard damaged: a sample whose tar header is lost "
-              "(keys are listed in done markers written by newer `mgen prep shards`)"}] * max(0, expected - len(keys))
-    return {"name": name, "split": task["split"], "samples": 0, "frames": 0, "seconds": 0.0, "bytes": 0,
-            "sha256": None, "plan_hash": task["digest"], "skipped": lost, "damaged": True}
+    lost = [{"shard": job.name, "key": key, "reason": reason} for key in keys]
+    lost += [{"shard": job.name, "key": None, "reason": "audio shard damaged: a sample whose tar header is lost "
+              "(keys are listed in done markers written by newer `mgen prep shards`)"}] * max(
+        0, job.expected_samples - len(keys))
+    return {"name": job.name, "split": job.split, "samples": 0, "frames": 0, "seconds": 0.0, "bytes": 0,
+            "sha256": None, "plan_hash": job.digest, "skipped": lost, "damaged": True}
 
 
-def _missing_samples(task: dict[str, Any], seen: list[str], problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _missing_samples(job: TokenShard, seen: list[str], problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Samples the audio index promises that the shard did not deliver (only a shard whose index has no sha256 or
     lies about its count gets here: a damaged one is caught by its hash)."""
-    name, reason = task["name"], "missing from the audio shard (its index lists it)"
+    reason = "missing from the audio shard (its index lists it)"
     accounted = set(seen) | {p["key"] for p in problems if p["key"] is not None}
-    if task.get("keys") is not None:
-        return [{"shard": name, "key": key, "reason": reason} for key in task["keys"] if key not in accounted]
-    short = int(task.get("samples") or 0) - len(accounted) - sum(p["key"] is None for p in problems)
-    return [{"shard": name, "key": None, "reason": reason + "; key unknown"}] * max(0, short)
-
-
-def _finished(out: Path, name: str, digest: str, verify: bool) -> dict[str, Any] | None:
-    """The done marker's entry when the shard is complete and was made from the same inputs, else None."""
-    marker = out / DONE_DIR / f"{name}.json"
-    try:
-        entry = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return None
-    if entry.get("plan_hash") != digest:
-        return None
-    if entry.get("samples", 0) == 0:
-        return entry
-    final = out / name
-    if not final.is_file() or final.stat().st_size != entry.get("bytes"):
-        return None
-    if verify and file_sha256(final) != entry.get("sha256"):
-        return None
-    return entry
+    if job.keys is not None:
+        return [{"shard": job.name, "key": key, "reason": reason} for key in job.keys if key not in accounted]
+    short = job.expected_samples - len(accounted) - sum(p["key"] is None for p in problems)
+    return [{"shard": job.name, "key": None, "reason": reason + "; key unknown"}] * max(0, short)
 
 
 # ------------------------------------------------------------------------------------------------- entry point
@@ -346,11 +303,11 @@ def tokenize_shards(audio_shards_dir: str | Path, out_dir: str | Path, codec_pat
     start_time = time.perf_counter()
     src, out = Path(audio_shards_dir), check_output_dir(out_dir)
     audio_index = load_index(src)
-    if audio_index.get("kind", "audio") != "audio":
+    if index_kind(audio_index) != KIND_AUDIO:
         raise ValueError(f"{src} holds {audio_index['kind']} shards; tokenize needs audio shards")
     if out.resolve() == src.resolve():
         raise ValueError(f"the output folder must differ from the audio shards folder ({src}): names are kept")
-    if (out / INDEX_NAME).is_file() and json.loads((out / INDEX_NAME).read_text()).get("kind") != KIND:
+    if (out / INDEX_NAME).is_file() and index_kind(load_index(out)) != KIND_TOKENS:
         raise ValueError(f"{out} already holds audio shards; choose another output folder")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -361,27 +318,25 @@ def tokenize_shards(audio_shards_dir: str | Path, out_dir: str | Path, codec_pat
     check_codec_matches(codec, audio_index["config"], codec_name or "(in memory)", str(src))
     identity = codec_identity(codec, codec_name)
     codec_key = {k: identity[k] for k in ("sha256", "config")}
-    (out / DONE_DIR).mkdir(parents=True, exist_ok=True)
+    audio_config = audio_index["config"]
 
-    entries: dict[str, dict[str, Any]] = {}
-    todo = []
+    jobs = []
     for shard in audio_index["shards"]:
         digest = hashlib.sha256(json.dumps(
-            {"version": TOKEN_INDEX_VERSION, "audio": shard["sha256"], "name": shard["name"], "codec": codec_key,
+            {"version": INDEX_VERSION, "audio": shard["sha256"], "name": shard["name"], "codec": codec_key,
              "chroma": bool(chroma)}, sort_keys=True).encode()).hexdigest()
-        done = _finished(out, shard["name"], digest, verify)
-        if done is not None:
-            entries[shard["name"]] = done
-            continue
-        todo.append({"src": str(src / shard["name"]), "out_dir": str(out), "name": shard["name"],
-                     "split": shard["split"], "sha256": shard.get("sha256"), "samples": shard.get("samples"),
-                     "keys": shard_keys(src, shard), "digest": digest, "batch_size": int(batch_size),
-                     "chroma": bool(chroma), "sample_rate": int(audio_index["config"]["sample_rate"]),
-                     "channels": int(audio_index["config"]["channels"])})
+        keys = shard_keys(src, shard)
+        jobs.append(TokenShard(shard["name"], shard["split"], digest, src=str(src / shard["name"]),
+                               sha256=shard.get("sha256"), expected_samples=int(shard.get("samples") or 0),
+                               keys=None if keys is None else tuple(keys), batch_size=int(batch_size),
+                               chroma=bool(chroma), sample_rate=int(audio_config["sample_rate"]),
+                               channels=int(audio_config["channels"])))
+    entries, todo = pending(out, jobs, verify)
     resumed = len(entries)
-    _run(todo, codec, identity, torch_device, entries, progress)
+    make_shards(out, todo, lambda job: tokenize_one(job, out, codec, identity, torch_device), entries, progress,
+                "tokenize")
 
-    ordered = [entries[s["name"]] for s in audio_index["shards"]]
+    ordered = [entries[job.name] for job in jobs]
     index = _write_index(out, ordered, identity, audio_index, src, bool(chroma))
     totals = index["totals"]
     damaged = [e["name"] for e in ordered if e.get("damaged")]
@@ -393,89 +348,19 @@ def tokenize_shards(audio_shards_dir: str | Path, out_dir: str | Path, codec_pat
             "wall_seconds": time.perf_counter() - start_time}
 
 
-def _run(todo: list[dict[str, Any]], codec: Any, identity: dict[str, Any], device: torch.device,
-         entries: dict[str, dict[str, Any]], progress: bool) -> None:
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(todo), unit="shard", desc="tokenize", disable=not progress or not todo)
-    minutes = 0.0
-    try:
-        for task in todo:
-            entry = tokenize_one(task, codec, identity, device)
-            entries[entry["name"]] = entry
-            minutes += entry["seconds"] / 60.0
-            bar.set_postfix(audio_min=f"{minutes:.1f}", skipped=sum(len(e["skipped"]) for e in entries.values()))
-            bar.update()
-    finally:
-        bar.close()
-
-
 def _write_index(out: Path, shards: list[dict[str, Any]], identity: dict[str, Any], audio_index: dict[str, Any],
                  src: Path, chroma: bool) -> dict[str, Any]:
-    listed = [{k: e[k] for k in ("name", "split", "samples", "frames", "seconds", "bytes", "sha256")}
-              for e in shards if e["samples"] > 0]
-    splits = {}
-    for split in SPLITS:
-        chosen = [e for e in listed if e["split"] == split]
-        splits[split] = {"shards": len(chosen), "samples": sum(e["samples"] for e in chosen),
-                         "frames": sum(e["frames"] for e in chosen),
-                         "seconds": round(sum(e["seconds"] for e in chosen), 6)}
-    config = {"version": TOKEN_INDEX_VERSION, "frame_rate": identity["frame_rate"],
-              "num_codebooks": identity["num_codebooks"], "cardinality": identity["cardinality"],
+    config = {"version": INDEX_VERSION, "frame_rate": identity["frame_rate"],
+              "n_q": identity["n_q"], "card": identity["card"],
               "hop_length": identity["hop_length"], "sample_rate": identity["sample_rate"],
               "channels": identity["channels"], "chroma": chroma,
-              "codes_dtype": "int16" if identity["cardinality"] <= np.iinfo(np.int16).max else "int32",
+              "codes_dtype": "int16" if identity["card"] <= np.iinfo(np.int16).max else "int32",
               "chroma_dtype": "float16" if chroma else None, "audio_config": audio_index.get("config", {})}
     report = [s for e in shards for s in e["skipped"]]
-    index = {"version": TOKEN_INDEX_VERSION, "kind": KIND, "codec": identity, "config": config,
+    index = {"version": INDEX_VERSION, "kind": KIND_TOKENS, "codec": identity, "config": config,
              "source": {"dir": str(src.resolve()), "plan_id": audio_index.get("plan_id")},
-             "shards": listed, "splits": splits,
-             "totals": {"shards": len(listed), "samples": sum(e["samples"] for e in listed),
-                        "frames": sum(e["frames"] for e in listed),
-                        "seconds": round(sum(e["seconds"] for e in listed), 6),
-                        "bytes": sum(e["bytes"] for e in listed), "skipped_samples": len(report),
-                        "damaged_shards": sum(bool(e.get("damaged")) for e in shards)}}
-    lines = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in report)
-    write_bytes_atomic(out / REPORT_NAME, lines.encode("utf-8"))
+             **index_body(shards, ("samples", "frames", "seconds"))}
+    index["totals"].update(skipped_samples=len(report), damaged_shards=sum(bool(e.get("damaged")) for e in shards))
+    write_report(out, report)
     write_json_atomic(out / INDEX_NAME, index)
     return index
-
-
-# ------------------------------------------------------------------------------------------------------ the CLI
-
-def register_tokenize(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``tokenize`` to the ``mgen prep`` subcommands."""
-    p = subparsers.add_parser(
-        "tokenize", help="encode audio shards with a trained codec into token shards (codes .npy + json)",
-        description="Writes token shards with the same names and splits as the audio shards, and a shards.json "
-                    "with kind 'tokens'. Resumable: re-run the same command to finish an interrupted run.")
-    p.add_argument("audio_shards", help="folder with audio shards and their shards.json")
-    p.add_argument("--codec", required=True, help="exported codec folder or CodecModule .ckpt")
-    p.add_argument("-o", "--out", required=True, help="output folder for the token shards")
-    p.add_argument("--chroma", action="store_true", help="also store a 12-bin chromagram per codec frame")
-    p.add_argument("--device", default="cpu", help="torch device for the codec, e.g. cuda")
-    p.add_argument("--batch-size", type=int, default=16, help="samples of equal length encoded together")
-    p.add_argument("--verify", action="store_true", help="re-hash finished shards before skipping them")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run_tokenize)
-
-
-def run_tokenize(args: argparse.Namespace) -> int:
-    summary = tokenize_shards(args.audio_shards, args.out, args.codec, batch_size=args.batch_size,
-                              device=args.device, chroma=args.chroma, progress=not args.no_progress,
-                              verify=args.verify)
-    print(f"{summary['shards_written']} token shards written, {summary['shards_resumed']} already done: "
-          f"{summary['samples']} samples, {summary['seconds'] / 60:.1f} min of audio in "
-          f"{summary['wall_seconds']:.1f} s (codec {summary['codec']})")
-    if summary["skipped_samples"]:
-        print(f"skipped {summary['skipped_samples']} samples: see {summary['report']}")
-    print(f"token shards and index: {summary['index']}")
-    if summary["damaged_shards"]:
-        names = ", ".join(summary["damaged_shards"][:5]) + (" ..." if len(summary["damaged_shards"]) > 5 else "")
-        print(f"mgen prep tokenize: error: {len(summary['damaged_shards'])} audio shard(s) are damaged or missing "
-              f"(their sha256 differs from {args.audio_shards}/shards.json): {names}; their "
-              f"{summary['lost_samples']} samples were not tokenized and are listed by key in {summary['report']}. "
-              f"Rebuild them with the same `mgen prep shards ... --verify` command, then re-run this one (finished "
-              f"shards are kept)", file=sys.stderr)
-        return 1
-    return 0

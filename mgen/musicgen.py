@@ -39,9 +39,9 @@ class MusicGen:
         self.conditioner = conditioner.eval()
         self.codec = codec.eval()
         self.max_window_seconds = max_window_seconds
-        if lm.cfg.n_q != codec.num_codebooks or lm.cfg.card != codec.cardinality:
+        if lm.cfg.n_q != codec.n_q or lm.cfg.card != codec.card:
             raise ValueError(f"the LM models {lm.cfg.n_q} x {lm.cfg.card} codes, the codec makes "
-                             f"{codec.num_codebooks} x {codec.cardinality}")
+                             f"{codec.n_q} x {codec.card}")
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -86,7 +86,8 @@ class MusicGen:
         window = float(config.get("train_segment_seconds") or 30.0)
         return cls(lm, conditioner, codec, window)
 
-    def _generators(self, seed: int | Sequence[int] | None, batch: int) -> torch.Generator | list[torch.Generator] | None:
+    def _generators(self, seed: int | Sequence[int] | None,
+                    batch: int) -> torch.Generator | list[torch.Generator] | None:
         if seed is None:
             return None
         if isinstance(seed, int):

@@ -6,7 +6,7 @@
 #
 # Steps (each one runs even when an earlier one failed; the exit code is non-zero if any failed):
 #   1. versions: nvidia-smi, Python, torch + its CUDA, transformers, lightning, xformers  -> OUT_DIR/env.txt
-#   2. the CUDA tests: tests/test_gpu.py and the cuda tests of tests/test_patterns.py (< 1 min) -> OUT_DIR/tests.log
+#   2. the CUDA tests: tests/integration/test_gpu.py and the cuda tests of tests/lm/test_patterns.py (< 1 min) -> OUT_DIR/tests.log
 #   3. the benchmarks on cuda, each against transformers (same weights, alternating calls, medians):
 #      `mgen bench lm-train`, `generate`, `codec` --device cuda --vs transformers --repeats $REPEATS.
 #      Each prints one JSON line, appended to OUT_DIR/bench.jsonl; their stderr goes to OUT_DIR/bench.log.
@@ -67,7 +67,7 @@ EOF
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
     step tests "$OUT_DIR/tests.log" "$OUT_DIR/tests.log" \
-        "$PYTHON" -m pytest -q --durations=10 tests/test_gpu.py tests/test_patterns.py -k "cuda or gpu"
+        "$PYTHON" -m pytest -q --durations=10 tests/integration/test_gpu.py tests/lm/test_patterns.py -k "cuda or gpu"
 fi
 
 if [ "${SKIP_BENCH:-0}" != 1 ]; then

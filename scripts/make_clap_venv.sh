@@ -8,7 +8,7 @@
 # soundfile, soxr via librosa). Re-running is cheap: the stamp makes it a no-op; delete the stamp to reinstall.
 #
 # Usage: bash scripts/make_clap_venv.sh [--force]  (PYTHON=python3.11 CLAP_VENV=path to override)
-#        HF_HUB_OFFLINE=1 .venv-clap/bin/python -m pytest tests/test_conditioning_clap.py -q
+#        HF_HUB_OFFLINE=1 .venv-clap/bin/python -m pytest tests/conditioning/test_conditioning_clap.py -q
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

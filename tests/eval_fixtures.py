@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from data_fixtures import synth_corpus, tone  # noqa: F401  (session fixture)
+from data_fixtures import tone
 
 _cache: dict[str, Any] = {}
 
@@ -34,24 +34,26 @@ def random_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def eval_setup(synth_corpus, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
+def eval_setup(synth_corpus, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Audio shards (1 s segments, 32 kHz mono) of the corpus, a tiny codec export, and a tiny untrained text +
     melody LM export using it (generation and scoring mechanics do not need a trained model)."""
     if "setup" not in _cache:
-        from data_prep.shards import write_shards
+        from data_prep.shards import ShardConfig, write_shards
         from mgen.codec.checkpoint import save_codec
         from mgen.codec.model import Codec
+        from mgen.conditioning.provider import ConditioningConfig
         from mgen.lm.model import LMConfig
         from mgen.train.lm_export import write_lm_export
         from mgen.train.lm_module import LMModule
 
         root = tmp_path_factory.mktemp("eval_setup")
-        write_shards(synth_corpus["dir"] / "audio", root / "shards", sample_rate=32000, channels=1,
-                     segment_seconds=1.0, shard_max_samples=4, valid_fraction=0.34, workers=1, progress=False)
+        write_shards(synth_corpus["dir"] / "audio", root / "shards",
+                     ShardConfig(sample_rate=32000, channels=1, segment_seconds=1.0, shard_max_samples=4,
+                                 valid_fraction=0.34), workers=1, progress=False)
         torch.manual_seed(0)
         codec = Codec.from_preset("tiny").eval()
         save_codec(codec, root / "codec")
-        module = LMModule(LMConfig.preset("tiny", n_q=4, card=256).to_dict(), {"text": True, "melody": True}, {})
+        module = LMModule(LMConfig.preset("tiny", n_q=4, card=256), ConditioningConfig(text=True, melody=True))
         module.hparams["train_segment_seconds"] = 1.0
         write_lm_export(root / "lm", dict(module.hparams), module.lm, module.conditioner, codec)
         _cache["setup"] = {"shards": root / "shards", "codec": root / "codec", "lm": root / "lm"}

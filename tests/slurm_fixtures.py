@@ -30,7 +30,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -155,7 +155,7 @@ class SlurmCluster:
         parts = []
         try:
             records = self.job_records(job_id)
-        except Exception as exc:  # noqa: BLE001 - diagnostics must never raise
+        except Exception as exc:  # diagnostics must never raise
             records = []
             parts.append(f"(scontrol show job {job_id}: {exc})")
         for r in records:

@@ -132,7 +132,7 @@ def _write_recipe_many_times(run_dir: str, rank: int, barrier, errors) -> None:
     for _ in range(RACE_ROUNDS):
         try:
             write_resolved_recipe(Path(run_dir), recipe)
-        except Exception as err:  # noqa: BLE001 - collected and reported by the test
+        except Exception as err:  # collected and reported by the test
             errors.put(f"rank {rank}: {type(err).__name__}: {err}")
             return
 

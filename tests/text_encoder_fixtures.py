@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from mgen.conditioning.text import packaged_minilm_path
+
 MOODS = ["calm", "energetic", "dark", "happy", "sad", "dreamy", "aggressive", "relaxed"]
 INSTRUMENTS = ["piano", "guitar", "violin", "drums", "synthesizer", "cello", "flute", "trumpet", "organ", "bass"]
 GENRES = ["jazz", "rock", "classical", "techno", "ambient", "folk", "blues", "reggae", "funk", "pop"]
@@ -40,3 +42,20 @@ def build_t5_encoder(out: Path, d_model: int = 32, seed: int = 0) -> Path:
     T5EncoderModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def write_custom_code_folder(folder: Path, marker: Path, config_file: str = "config.json") -> Path:
+    """A model folder whose `config_file` maps the Auto classes to its own Python file; importing that file would
+    write `marker` (transformers copies it to its modules cache, so the marker path is absolute)."""
+    import json
+    import shutil
+
+    shutil.copytree(packaged_minilm_path(), folder)  # a real, loadable encoder...
+    config = json.loads((folder / config_file).read_text()) if (folder / config_file).is_file() else {}
+    config["auto_map"] = {"AutoConfig": "evil_code.EvilConfig", "AutoModel": "evil_code.EvilModel",
+                          "AutoTokenizer": ["evil_code.EvilTokenizer", None]}
+    if config_file == "config.json":
+        config["model_type"] = "evil-bert"  # ...of a type transformers does not know: only its code could load it
+    (folder / config_file).write_text(json.dumps(config))
+    (folder / "evil_code.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n")
+    return folder

@@ -128,7 +128,7 @@ def _run(
         "sample_rate": config.sample_rate,
         "channels": config.channels,
         "frame_rate": config.frame_rate,
-        "num_codebooks": codec.num_codebooks,
+        "n_q": codec.n_q,
         "params_m": round(sum(p.numel() for p in codec.parameters()) / 1e6, 2),
         "seconds": seconds,
         "batch_size": batch_size,

@@ -39,10 +39,10 @@ def _ours(lm: LM, work: dict, device: torch.device) -> Callable[[], None]:
 
 def build_transformers_musicgen(lm: LM, text_hidden: int = 32) -> "torch.nn.Module":
     """A random-init MusicgenForConditionalGeneration whose decoder carries `lm`'s weights."""
-    from transformers import (  # noqa: PLC0415 - heavy import
+    from transformers import (  # heavy import
         EncodecConfig, MusicgenConfig, MusicgenForConditionalGeneration, T5Config)
 
-    from mgen.interop.hf import lm_to_transformers  # noqa: PLC0415
+    from mgen.interop.hf import lm_to_transformers
 
     decoder = lm_to_transformers(lm)
     text = T5Config(vocab_size=100, d_model=text_hidden, d_kv=8, d_ff=64, num_layers=1, num_heads=4)

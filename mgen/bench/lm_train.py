@@ -37,7 +37,7 @@ def _ours_step(lm: LM, codes: torch.Tensor, memory: torch.Tensor) -> Callable[[]
 
 
 def _transformers_step(lm: LM, codes: torch.Tensor, memory: torch.Tensor) -> Callable[[], None]:
-    from mgen.interop.hf import lm_to_transformers  # noqa: PLC0415 - transformers is heavy
+    from mgen.interop.hf import lm_to_transformers  # transformers is heavy
 
     model = lm_to_transformers(lm).to(codes.device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -48,7 +48,7 @@ def _from_lightning(path: Path) -> Codec:
         codec = Codec(CodecConfig.from_dict(hparams["codec"]))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{path}: bad codec hyper-parameters: {err}") from err
-    # The EMA weights are what a run validates on and exports; older checkpoints only have the live ones.
+    # The EMA weights are what a run validates on and exports; a run without EMA (ema.decay 0) has only the live ones.
     prefix = "codec_ema." if any(k.startswith("codec_ema.") for k in state_dict) else "codec."
     state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     try:

@@ -1,8 +1,7 @@
 """Codec training losses: reconstruction, adversarial, feature matching, the gradient balancer, and SI-SNR.
 
 Everything here is a plain function or `nn.Module` over waveforms ``[B, C, L]`` (or discriminator outputs), so the
-Lightning module in `mgen.train` only has to pick weights. The mel filterbank is written here because torchaudio is
-not available for our torch versions.
+Lightning module in `mgen.train` only has to pick weights. The mel filterbank is `mgen.dsp.mel_filterbank_htk`.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mgen.codec.distributed import is_distributed
+from mgen.dsp import mel_filterbank_htk, power_spectrogram
 
 # ---- reconstruction ------------------------------------------------------------------------------------------
 
@@ -23,34 +23,6 @@ from mgen.codec.distributed import is_distributed
 def l1_waveform_loss(estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Mean absolute sample error."""
     return F.l1_loss(estimate, reference)
-
-
-def hz_to_mel(f: torch.Tensor | float) -> torch.Tensor:
-    """HTK mel scale (the torchaudio default, used by the published codec loss)."""
-    return 2595.0 * torch.log10(1.0 + torch.as_tensor(f, dtype=torch.float64) / 700.0)
-
-
-def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
-    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-
-
-def mel_filterbank(
-    sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None
-) -> torch.Tensor:
-    """Triangular HTK mel filters, ``[n_fft // 2 + 1, n_mels]``, unnormalised (peak 1).
-
-    With small FFTs some filters fall between FFT bins and are all zero; that is expected and harmless.
-    """
-    f_max = sample_rate / 2 if f_max is None else f_max
-    if not 0 <= f_min < f_max <= sample_rate / 2:
-        raise ValueError(f"need 0 <= f_min < f_max <= sample_rate/2, got f_min={f_min}, f_max={f_max}")
-    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    mel_points = torch.linspace(float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2, dtype=torch.float64)
-    hz_points = mel_to_hz(mel_points)
-    lower, centre, upper = hz_points[:-2], hz_points[1:-1], hz_points[2:]
-    rising = (freqs[:, None] - lower[None, :]) / (centre - lower)[None, :]
-    falling = (upper[None, :] - freqs[:, None]) / (upper - centre)[None, :]
-    return torch.clamp(torch.minimum(rising, falling), min=0.0).float()
 
 
 class MelSpectrogram(nn.Module):
@@ -77,17 +49,15 @@ class MelSpectrogram(nn.Module):
         self.log = log
         self.floor_level = floor_level
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
-        self.register_buffer("filters", mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max), persistent=False)
+        self.register_buffer("filters", mel_filterbank_htk(sample_rate, n_fft, n_mels, f_min, f_max),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x = x.reshape(-1, x.shape[-1])
         pad = (self.n_fft - self.hop_length) // 2
         x = F.pad(x.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
-        spec = torch.stft(
-            x, self.n_fft, self.hop_length, window=self.window.to(x.dtype), center=False, return_complex=True
-        )
-        power = spec.real.pow(2) + spec.imag.pow(2)  # [N, freqs, frames]
+        power = power_spectrogram(x, self.n_fft, self.hop_length, self.window.to(x.dtype), center=False)  # [N, F, T]
         mel = torch.einsum("nft,fm->nmt", power, self.filters.to(power.dtype))
         if self.log:
             mel = torch.log10(self.floor_level + mel)
@@ -298,7 +268,6 @@ class LossBalancer:
 
 __all__ = [
     "l1_waveform_loss",
-    "mel_filterbank",
     "MelSpectrogram",
     "MultiScaleMelLoss",
     "hinge_generator_loss",

@@ -28,7 +28,7 @@ def _paper_32khz() -> "CodecConfig":
         seanet=SEANetConfig(
             dimension=128, n_filters=64, ratios=(8, 5, 4, 4), lstm=2, causal=False, pad_mode="constant"
         ),
-        quantizer=RVQConfig(n_q=4, bins=2048),
+        quantizer=RVQConfig(n_q=4, card=2048),
     )
 
 
@@ -38,7 +38,7 @@ def _tiny() -> "CodecConfig":
         sample_rate=32000,
         channels=1,
         seanet=SEANetConfig(dimension=32, n_filters=8, ratios=(8, 5, 4, 4), lstm=1, causal=False),
-        quantizer=RVQConfig(n_q=4, bins=256, kmeans_iters=10),
+        quantizer=RVQConfig(n_q=4, card=256, kmeans_iters=10),
     )
 
 
@@ -166,13 +166,14 @@ class Codec(nn.Module):
         return self.config.frame_rate
 
     @property
-    def num_codebooks(self) -> int:
-        """Codebooks the LM sees: ``n_q`` per channel, interleaved across channels."""
+    def n_q(self) -> int:
+        """Codebooks the LM sees: ``config.quantizer.n_q`` per channel, interleaved across channels."""
         return self.config.quantizer.n_q * self.channels
 
     @property
-    def cardinality(self) -> int:
-        return self.config.quantizer.bins
+    def card(self) -> int:
+        """Codebook size: codes lie in ``[0, card)``."""
+        return self.config.quantizer.card
 
     def num_frames(self, length: int) -> int:
         """Frames produced for ``length`` samples: ``ceil(length / hop)`` (the encoder pads the last frame)."""
@@ -205,7 +206,7 @@ class Codec(nn.Module):
 
     def _check_codes(self, codes: torch.Tensor) -> None:
         per_channel = f"{self.config.quantizer.n_q} per channel x {self.channels} channel(s)"
-        check_codes(codes, self.num_codebooks, self.cardinality, f"the codec ({per_channel})")
+        check_codes(codes, self.n_q, self.card, f"the codec ({per_channel})")
 
     # ---- inference ---------------------------------------------------------------------------------------
     def _mono_batch(self, wav: torch.Tensor) -> torch.Tensor:

@@ -21,10 +21,10 @@ from mgen.codec.distributed import is_distributed
 
 @dataclass
 class RVQConfig:
-    """Residual VQ settings; the defaults are the published EnCodec values except ``n_q``/``bins``."""
+    """Residual VQ settings; the defaults are the published EnCodec values except ``n_q``/``card``."""
 
     n_q: int = 4
-    bins: int = 2048
+    card: int = 2048
     decay: float = 0.99
     epsilon: float = 1e-5
     kmeans_init: bool = True
@@ -33,8 +33,8 @@ class RVQConfig:
     q_dropout: bool = False
 
     def __post_init__(self) -> None:
-        if self.n_q < 1 or self.bins < 2:
-            raise ValueError(f"RVQ needs n_q >= 1 and bins >= 2, got n_q={self.n_q}, bins={self.bins}")
+        if self.n_q < 1 or self.card < 2:
+            raise ValueError(f"RVQ needs n_q >= 1 and card >= 2, got n_q={self.n_q}, card={self.card}")
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"RVQ decay must be in [0, 1), got {self.decay}")
 
@@ -71,7 +71,7 @@ def kmeans(samples: torch.Tensor, num_clusters: int, num_iters: int = 50) -> tup
 
 
 class EuclideanCodebook(nn.Module):
-    """One codebook of ``bins`` vectors of size ``dim``, updated by EMA in training mode.
+    """One codebook of ``card`` vectors of size ``dim``, updated by EMA in training mode.
 
     State is all buffers (``inited``, ``cluster_size``, ``embed``, ``embed_avg``) so it lives in checkpoints, and
     it is kept consistent: ``embed ≈ embed_avg / cluster_size`` at all times.
@@ -80,7 +80,7 @@ class EuclideanCodebook(nn.Module):
     def __init__(
         self,
         dim: int,
-        bins: int,
+        card: int,
         *,
         decay: float = 0.99,
         epsilon: float = 1e-5,
@@ -90,7 +90,7 @@ class EuclideanCodebook(nn.Module):
     ) -> None:
         super().__init__()
         self.dim = dim
-        self.bins = bins
+        self.card = card
         self.decay = decay
         self.epsilon = epsilon
         self.kmeans_init = kmeans_init
@@ -98,15 +98,15 @@ class EuclideanCodebook(nn.Module):
         self.threshold_ema_dead_code = threshold_ema_dead_code
         # Random normal codewords so an untrained model still gives spread-out codes; k-means replaces them.
         self.register_buffer("inited", torch.tensor([0.0 if kmeans_init else 1.0]))
-        self.register_buffer("cluster_size", torch.zeros(bins))
-        self.register_buffer("embed", torch.randn(bins, dim))
-        self.register_buffer("embed_avg", torch.zeros(bins, dim))
+        self.register_buffer("cluster_size", torch.zeros(card))
+        self.register_buffer("embed", torch.randn(card, dim))
+        self.register_buffer("embed_avg", torch.zeros(card, dim))
 
     @torch.no_grad()
     def set_codebook(self, embed: torch.Tensor, cluster_size: torch.Tensor | float = 1.0) -> None:
         """Overwrite the codewords (and a matching EMA state) and mark the codebook as initialised."""
         self.embed.copy_(embed)
-        self.cluster_size.copy_(torch.as_tensor(cluster_size, dtype=self.cluster_size.dtype).expand(self.bins))
+        self.cluster_size.copy_(torch.as_tensor(cluster_size, dtype=self.cluster_size.dtype).expand(self.card))
         self.embed_avg.copy_(self.embed * self.cluster_size.unsqueeze(1))
         self.inited.fill_(1.0)
 
@@ -130,7 +130,7 @@ class EuclideanCodebook(nn.Module):
 
     @torch.no_grad()
     def _init_from_data(self, x: torch.Tensor) -> None:
-        embed, counts = kmeans(x.to(self.embed.dtype), self.bins, self.kmeans_iters)
+        embed, counts = kmeans(x.to(self.embed.dtype), self.card, self.kmeans_iters)
         self.embed.copy_(embed)
         self.cluster_size.copy_(counts)
         self.embed_avg.copy_(embed * counts.unsqueeze(1))
@@ -141,7 +141,7 @@ class EuclideanCodebook(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, x: torch.Tensor, codes: torch.Tensor) -> None:
-        counts = torch.bincount(codes, minlength=self.bins).to(self.embed.dtype)
+        counts = torch.bincount(codes, minlength=self.card).to(self.embed.dtype)
         sums = torch.zeros_like(self.embed).index_add_(0, codes, x)
         if is_distributed():  # global statistics keep the codebooks identical on every rank
             dist.all_reduce(counts)
@@ -150,7 +150,7 @@ class EuclideanCodebook(nn.Module):
         self.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.cluster_size.sum()
         # Laplace smoothing: no division by zero for empty clusters, total mass preserved.
-        smoothed = (self.cluster_size + self.epsilon) / (n + self.bins * self.epsilon) * n
+        smoothed = (self.cluster_size + self.epsilon) / (n + self.card * self.epsilon) * n
         self.embed.copy_(self.embed_avg / smoothed.unsqueeze(1))
         self._replace_dead_codes(x)
 
@@ -191,7 +191,7 @@ class ResidualVectorQuantizer(nn.Module):
         self.layers = nn.ModuleList(
             EuclideanCodebook(
                 dimension,
-                cfg.bins,
+                cfg.card,
                 decay=cfg.decay,
                 epsilon=cfg.epsilon,
                 kmeans_init=cfg.kmeans_init,
@@ -206,8 +206,8 @@ class ResidualVectorQuantizer(nn.Module):
         return len(self.layers)
 
     @property
-    def bins(self) -> int:
-        return self.config.bins
+    def card(self) -> int:
+        return self.config.card
 
     def _active_codebooks(self, n_q: int | None) -> int:
         if n_q is not None:

@@ -21,9 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
+from mgen.commands.flags import add_output
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads when the demo runs, so that `mgen --help` does not pay for it
+    import torch
+
     from mgen.evaluation.demo_quality import QualitySettings
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -45,14 +47,14 @@ def run_demo(out_dir: str | Path, clips: int = 48, clip_seconds: float = 10.0, c
              lm_steps: int | None = None, duration: float = 8.0, seed: int = 0, valid_fraction: float = 0.25,
              quality: QualitySettings | None = None) -> dict[str, Any]:
     """Run (or resume) every stage in `out_dir` and return the report; `quality` None skips stage 7."""
-    from data_prep.shards import write_shards  # noqa: PLC0415 - heavy imports only when the demo runs
-    from data_prep.synth_corpus import build_synth_corpus  # noqa: PLC0415
-    from data_prep.tokenize import tokenize_shards  # noqa: PLC0415
-    from mgen.atomic import write_json_atomic  # noqa: PLC0415
-    from mgen.evaluation.demo_quality import quality_report  # noqa: PLC0415
-    from mgen.musicgen import MusicGen  # noqa: PLC0415
-    from mgen.recipes import load_recipe  # noqa: PLC0415
-    from mgen.train.fit import fit  # noqa: PLC0415
+    from data_prep.shards import ShardConfig, write_shards  # heavy imports only when the demo runs
+    from data_prep.synth_corpus import build_synth_corpus
+    from data_prep.tokenize import tokenize_shards
+    from mgen.atomic import write_json_atomic
+    from mgen.evaluation.demo_quality import quality_report
+    from mgen.musicgen import MusicGen
+    from mgen.train.recipe import read_yaml
+    from mgen.train.fit import fit
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,13 +68,14 @@ def run_demo(out_dir: str | Path, clips: int = 48, clip_seconds: float = 10.0, c
     shards = out / "shards"
     if _stage("2/7 shards", (shards / "shards.json").is_file()):
         with _timed(report, "shards"):
-            write_shards(corpus / "audio", shards, sample_rate=32000, channels=1, valid_fraction=valid_fraction)
+            write_shards(corpus / "audio", shards, ShardConfig(sample_rate=32000, channels=1,
+                                                               valid_fraction=valid_fraction))
 
     codec_run = out / "codec"
     if _stage("3/7 codec", (codec_run / "export" / "config.json").is_file()):
-        recipe = load_recipe(RECIPES / "codec" / "tiny.yaml")
-        overrides = [f"trainer.max_updates={codec_updates}", f"trainer.val_every_n_updates={codec_updates}",
-                     f"trainer.checkpoint_every_n_updates={codec_updates}"] if codec_updates else []
+        recipe = read_yaml(RECIPES / "codec" / "tiny.yaml")
+        overrides = [f"trainer.max_steps={codec_updates}", f"trainer.val_every_n_steps={codec_updates}",
+                     f"trainer.checkpoint_every_n_steps={codec_updates}"] if codec_updates else []
         with _timed(report, "codec"):
             report["codec"] = fit(recipe, codec_run, data=str(shards), overrides=overrides)["metrics"]
 
@@ -83,11 +86,11 @@ def run_demo(out_dir: str | Path, clips: int = 48, clip_seconds: float = 10.0, c
 
     lm_run = out / "lm"
     if _stage("5/7 lm", (lm_run / "export" / "config.json").is_file()):
-        recipe = load_recipe(RECIPES / "quickstart" / "lm.yaml")
+        recipe = read_yaml(RECIPES / "quickstart" / "lm.yaml")
         overrides = [f"codec={codec_run / 'export'}"]
         if lm_steps:
-            overrides += [f"trainer.max_steps={lm_steps}", f"optim.total_steps={lm_steps}",
-                          f"optim.warmup_steps={max(1, lm_steps // 10)}", f"trainer.val_every_n_batches={lm_steps}"]
+            overrides += [f"trainer.max_steps={lm_steps}", f"optim.warmup_steps={max(1, lm_steps // 10)}",
+                          f"trainer.val_every_n_steps={lm_steps}"]
         with _timed(report, "lm"):
             report["lm"] = fit(recipe, lm_run, data=str(tokens), overrides=overrides)["metrics"]
 
@@ -111,8 +114,10 @@ def run_demo(out_dir: str | Path, clips: int = 48, clip_seconds: float = 10.0, c
 
 def _showcase(model: Any, corpus: Path, samples: Path, duration: float, seed: int) -> dict[str, Any]:
     """One clip from a text prompt and one from a corpus clip's melody, as WAV + spectrogram PNG."""
-    from mgen.audio import read_audio  # noqa: PLC0415
-    from mgen.train.media import log_mel_image, write_png, write_wav  # noqa: PLC0415
+    from mgen.audio import read_audio
+    from mgen.train.media import log_mel_image, write_png, write_wav
+
+    import torch
 
     sr = model.codec.sample_rate
     samples.mkdir(parents=True, exist_ok=True)
@@ -134,7 +139,7 @@ def _showcase(model: Any, corpus: Path, samples: Path, duration: float, seed: in
 
 
 def _write_quality_clips(folder: Path, clips: dict[str, list[torch.Tensor]], sample_rate: int) -> None:
-    from mgen.train.media import write_wav  # noqa: PLC0415
+    from mgen.train.media import write_wav
 
     folder.mkdir(parents=True, exist_ok=True)
     for condition, audio in clips.items():
@@ -153,8 +158,8 @@ def _print_quality(quality: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgen.evaluation.demo_quality import QualitySettings  # noqa: PLC0415
-    from mgen.evaluation.generation import GenerationSettings  # noqa: PLC0415
+    from mgen.evaluation.demo_quality import QualitySettings
+    from mgen.evaluation.generation import GenerationSettings
 
     quality = None if args.no_quality else QualitySettings(args.quality_clips, args.quality_seconds,
                                                            GenerationSettings(seed=args.seed))
@@ -168,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="run the main job end to end on a small default (resumable)")
-    p.add_argument("--out", default="outputs/demo")
+    add_output(p, "output folder (re-running with the same one resumes; default: %(default)s)", default="outputs/demo")
     p.add_argument("--clips", type=int, default=48, help="corpus clips of 10 s to render")
     p.add_argument("--codec-updates", type=int, default=600,
                    help="codec updates (the tiny recipe's 5000 take ~20 min on a laptop CPU)")

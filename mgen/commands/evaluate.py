@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mgen.errors import UsageError
+
 USAGE = """
   mgen evaluate --model EXPORT --data SHARDS [--split valid] [--num-samples N] -o OUT_DIR
   mgen evaluate --gen DIR [--ref DIR|SHARDS|STATS.npz ...] -o OUT_DIR
@@ -14,8 +16,8 @@ USAGE = """
 
 
 def _options(args: argparse.Namespace):
-    from mgen.evaluation import EvalOptions  # noqa: PLC0415 - heavy imports only when the command runs
-    from mgen.evaluation.runner import default_device  # noqa: PLC0415
+    from mgen.evaluation import EvalOptions  # heavy imports only when the command runs
+    from mgen.evaluation.runner import default_device
 
     return EvalOptions(metrics=args.metrics, embedders=args.embedder or ["vggish"], passt_weights=args.passt_weights,
                        clap_weights=args.clap_weights, device=args.device or default_device(), silence=args.silence,
@@ -33,18 +35,18 @@ def _summary(report: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgen.evaluation import (GenerationSettings, evaluate_folders, evaluate_model,  # noqa: PLC0415
+    from mgen.evaluation import (GenerationSettings, evaluate_folders, evaluate_model,
                                  reference_statistics)
 
     modes = [name for name, given in (("--model", args.model), ("--gen", args.gen)) if given]
     if len(modes) > 1:
-        raise ValueError("give --model (generate and score) or --gen (score a folder), not both")
+        raise UsageError("give --model (generate and score) or --gen (score a folder), not both")
     if args.model:
         if not args.data:
-            raise ValueError("--model needs --data: the audio shards whose captions it generates from and whose real "
+            raise UsageError("--model needs --data: the audio shards whose captions it generates from and whose real "
                              "audio is the reference")
         if args.ref:
-            raise ValueError("--model is scored against --data's real audio; --ref is for --gen or for statistics")
+            raise UsageError("--model is scored against --data's real audio; --ref is for --gen or for statistics")
         settings = GenerationSettings(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                                       cfg_coef=args.cfg, seed=args.seed, max_duration=args.max_duration,
                                       batch_size=args.batch_size)
@@ -53,19 +55,19 @@ def run(args: argparse.Namespace) -> int:
         _summary(report)
         return 0
     if args.data:
-        raise ValueError("--data goes with --model; to score a folder against shards use --gen DIR --ref SHARDS")
+        raise UsageError("--data goes with --model; to score a folder against shards use --gen DIR --ref SHARDS")
     if args.gen:
         report = evaluate_folders(args.gen, args.ref, args.out, args.split, _options(args))
         _summary(report)
         return 0
     if args.ref:
         if len(args.ref) != 1:
-            raise ValueError("reference statistics are made from one folder (--ref DIR|SHARDS)")
+            raise UsageError("reference statistics are made from one folder (--ref DIR|SHARDS)")
         stats = reference_statistics(args.ref[0], args.out, args.split, args.num_samples, _options(args))
         print(json.dumps({"statistics": args.out, "embedder": stats.embedder.id, "frames": stats.stats.n,
                           "clips": stats.clips, "label": stats.embedder.weights_label}))
         return 0
-    raise ValueError("nothing to evaluate: give --model with --data, or --gen, or --ref with -o STATS.npz "
+    raise UsageError("nothing to evaluate: give --model with --data, or --gen, or --ref with -o STATS.npz "
                      "(see mgen evaluate --help)")
 
 

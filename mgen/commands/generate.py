@@ -5,18 +5,24 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from mgen.audio import audio_format, read_audio, resample, write_audio
-from mgen.devices import parse_device
+from mgen.commands.flags import add_model, add_output
+from mgen.errors import UsageError
 from mgen.paths import check_output_file
+
+if TYPE_CHECKING:  # torch loads in run(), so that `mgen --help` does not pay for it
+    import torch
 
 DEFAULT_MAX_DURATION = 300.0
 
 
 def _read_audio(path: str, what: str) -> tuple[torch.Tensor, int]:
     """[1, C, L] float audio and its rate; a clear error naming the file (and what it was for) when it is not audio."""
+    import torch
+
+    from mgen.audio import read_audio
+
     audio, rate = read_audio(path, where=f"{path} (the {what})")
     return torch.from_numpy(audio.T.copy())[None], rate
 
@@ -26,36 +32,36 @@ def _prompts(args: argparse.Namespace) -> list[str]:
     if args.text_file:
         path = Path(args.text_file)
         if path.is_dir():
-            raise ValueError(f"--text-file {path} is a folder; give a text file with one prompt per line")
+            raise UsageError(f"--text-file {path} is a folder; give a text file with one prompt per line")
         if not path.is_file():
-            raise FileNotFoundError(f"--text-file {path} not found")
+            raise UsageError(f"--text-file {path} not found")
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError as err:
-            raise ValueError(f"--text-file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+            raise UsageError(f"--text-file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
         prompts += [line.strip() for line in lines if line.strip()]
     if not prompts:
-        raise ValueError("give at least one prompt with --text or --text-file")
+        raise UsageError("give at least one prompt with --text or --text-file")
     return prompts
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
     """Refuse impossible or runaway settings before the model loads."""
     if not (math.isfinite(args.max_duration) and args.max_duration > 0):
-        raise ValueError(f"--max-duration must be a finite number of seconds > 0, got {args.max_duration}")
+        raise UsageError(f"--max-duration must be a finite number of seconds > 0, got {args.max_duration}")
     if not (math.isfinite(args.duration) and args.duration > 0):
-        raise ValueError(f"--duration must be a finite number of seconds > 0, got {args.duration}")
+        raise UsageError(f"--duration must be a finite number of seconds > 0, got {args.duration}")
     if args.duration > args.max_duration:
-        raise ValueError(f"--duration {args.duration:g} s is above --max-duration {args.max_duration:g} s; "
+        raise UsageError(f"--duration {args.duration:g} s is above --max-duration {args.max_duration:g} s; "
                          f"generation time grows with the length, so raise --max-duration to ask for it on purpose")
     if not (math.isfinite(args.cfg) and args.cfg >= 0):
-        raise ValueError(f"--cfg must be a finite number >= 0 (1: no guidance), got {args.cfg}")
+        raise UsageError(f"--cfg must be a finite number >= 0 (1: no guidance), got {args.cfg}")
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+        raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if not 0.0 <= args.top_p <= 1.0:
-        raise ValueError(f"--top-p must be in [0, 1], got {args.top_p}")
+        raise UsageError(f"--top-p must be in [0, 1], got {args.top_p}")
     if args.top_k < 0:
-        raise ValueError(f"--top-k must be >= 0, got {args.top_k}")
+        raise UsageError(f"--top-k must be >= 0, got {args.top_k}")
 
 
 def _outputs(out: str, count: int) -> list[Path]:
@@ -66,13 +72,17 @@ def _outputs(out: str, count: int) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mgen.musicgen import MusicGen  # noqa: PLC0415 - heavy imports only when the command runs
+    import torch
+
+    from mgen.audio import audio_format, resample, write_audio
+    from mgen.devices import parse_device
+    from mgen.musicgen import MusicGen
 
     prompts = _prompts(args)
     _check_numbers(args)
     outputs = _outputs(args.out, len(prompts))
     for path in outputs:
-        check_output_file(path, "--out")
+        check_output_file(path, "-o/--out")
         audio_format(path)
     device = parse_device(args.device)
     melody = melody_rate = prompt_audio = None
@@ -80,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         melody, melody_rate = _read_audio(args.melody, "melody")
         melody = melody.expand(len(prompts), -1, -1)
     continuation = _read_audio(args.continue_from, "continuation") if args.continue_from else None
-    model = MusicGen.load(args.ckpt, device=device)
+    model = MusicGen.load(args.model, device=device)
     if continuation is not None:
         audio, rate = continuation
         if rate != model.codec.sample_rate:
@@ -100,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("generate", help="generate music with an exported model (mgen fit writes RUN/export)")
-    p.add_argument("--ckpt", required=True, help="export directory of an LM run (RUN/export)")
+    add_model(p, "export directory of an LM run (RUN/export)", was="--ckpt")
     p.add_argument("--text", action="append", help="a prompt (repeatable)")
     p.add_argument("--text-file", help="a file with one prompt per line")
     p.add_argument("--melody", help="reference audio whose melody to follow (melody models)")
@@ -115,7 +125,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
-    p.add_argument("--out", default="generated.wav",
-                   help="audio file (.wav or .flac, 16-bit), written atomically; several prompts get _000, _001, ... "
-                        "suffixes")
+    add_output(p, "audio file (.wav or .flac, 16-bit), written atomically; several prompts get _000, _001, ... "
+                  "suffixes (default: %(default)s)", default="generated.wav")
     p.set_defaults(func=run)

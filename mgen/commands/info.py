@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from mgen.lm.model import SIZE_PRESETS, LMConfig, count_parameters
+from mgen.lm.presets import SIZE_PRESETS
+
+if TYPE_CHECKING:  # the model imports torch: only when the command runs
+    from mgen.lm.model import LMConfig
 
 GIB = 1024**3
 
@@ -26,6 +30,8 @@ def memory_table(num_params: int) -> dict[str, dict[str, float]]:
 
 
 def describe(cfg: LMConfig) -> dict:
+    from mgen.lm.model import count_parameters
+
     n = count_parameters(cfg)
     return {"dim": cfg.dim, "num_heads": cfg.num_heads, "num_layers": cfg.num_layers, "n_q": cfg.n_q,
             "card": cfg.card, "cross_attention": cfg.cross_attention, "parameters": n,
@@ -33,6 +39,8 @@ def describe(cfg: LMConfig) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mgen.lm.model import LMConfig
+
     cfg = LMConfig.preset(args.preset, n_q=args.n_q, card=args.card, cross_attention=not args.no_cross_attention)
     info = describe(cfg)
     if args.json:

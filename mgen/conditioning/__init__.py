@@ -4,7 +4,7 @@
 """
 
 from mgen.conditioning.base import ConditionTensors
-from mgen.conditioning.chroma import chroma_filterbank, chromagram
+from mgen.conditioning.chroma import chromagram
 from mgen.conditioning.clap import ClapConditioner
 from mgen.conditioning.dropout import AttributeDropout, ClassifierFreeGuidanceDropout
 from mgen.conditioning.fuser import ConditionFuser
@@ -15,5 +15,5 @@ from mgen.conditioning.text import TextConditioner
 __all__ = [
     "CLAP", "MELODY", "TEXT", "AttributeDropout", "ClapConditioner", "ClassifierFreeGuidanceDropout",
     "ConditionFuser", "ConditionProvider", "ConditionTensors", "MelodyConditioner", "TextConditioner",
-    "chroma_filterbank", "chromagram",
+    "chromagram",
 ]

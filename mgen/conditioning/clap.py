@@ -36,7 +36,7 @@ CLAP_WINDOW_SECONDS = 10.0
 def import_laion_clap() -> Any:
     """The real laion_clap package, or an ImportError that says how to get an environment with it."""
     try:
-        import laion_clap  # noqa: PLC0415 - optional, heavy dependency
+        import laion_clap  # optional, heavy dependency
     except ImportError as err:
         raise ImportError("the CLAP conditioner needs the laion-clap package, which needs torchvision and numpy<2: "
                           "build the separate environment with scripts/make_clap_venv.sh and run there "
@@ -48,7 +48,7 @@ def numpy_scalar_globals() -> list[Any]:
     """What ``torch.load(weights_only=True)`` must additionally allow to rebuild plain NumPy number scalars (LAION's
     training checkpoints store one next to the weights): the scalar constructor under its NumPy 1 and 2 names,
     ``np.dtype`` and the numeric dtype classes. None of them can build anything but a number."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     try:
         from numpy._core.multiarray import scalar  # NumPy 2

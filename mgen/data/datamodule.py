@@ -38,16 +38,8 @@ from mgen.data.ranks import resolve_rank
 from mgen.data.position import StreamPosition, WorkerProgress
 from mgen.data.samples import AudioDecoder, TokenDecoder
 from mgen.data.seeding import seed_of
-from mgen.data.shard_index import load_index
+from mgen.data.shard_index import KIND_AUDIO, KIND_TOKENS, index_kind, load_index
 from mgen.data.stream import ShardStream
-
-KIND_AUDIO = "audio"
-KIND_TOKENS = "tokens"
-
-
-def index_kind(index: dict[str, Any]) -> str:
-    """``"audio"`` (audio indexes written before kinds existed have none) or ``"tokens"``."""
-    return index.get("kind") or KIND_AUDIO
 
 
 class EpochDataLoader(DataLoader):
@@ -315,8 +307,8 @@ class TokenDataModule(ShardDataModule):
         super().__init__(shards_dir, global_batch_size, **kwargs)
         config = self.index["config"]
         self.frame_rate = float(config["frame_rate"])
-        self.num_codebooks = int(config["num_codebooks"])
-        self.cardinality = int(config["cardinality"])
+        self.n_q = int(config["n_q"])
+        self.card = int(config["card"])
         self.codec = self.index.get("codec", {})
         if segment_frames is None:
             if not segment_seconds or segment_seconds <= 0:
@@ -332,7 +324,7 @@ class TokenDataModule(ShardDataModule):
         self.chroma = bool(chroma)
 
     def make_decoder(self, train: bool) -> TokenDecoder:
-        return TokenDecoder(self.num_codebooks, self.cardinality, self.segment_frames, self.caption, train,
+        return TokenDecoder(self.n_q, self.card, self.segment_frames, self.caption, train,
                             self.chroma)
 
 

@@ -19,8 +19,7 @@ import torch
 from mgen.data.captions import CaptionConfig, select_caption
 from mgen.data.crops import crop_start, pad_to, read_audio_crop
 from mgen.data.skips import SampleError
-
-CHROMA_BINS = 12
+from mgen.dsp import N_CHROMA
 
 
 def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
@@ -92,8 +91,8 @@ class TokenDecoder:
     Padded frames hold code 0 (and zero chroma); only ``padding_mask`` says they are not real.
     """
 
-    num_codebooks: int
-    cardinality: int
+    n_q: int
+    card: int
     segment: int  # frames
     caption: CaptionConfig | None
     train: bool
@@ -103,12 +102,12 @@ class TokenDecoder:
                  text_rng: random.Random | None) -> dict:
         meta = parse_json(sample)
         codes = load_npy(sample, "codes.npy")
-        if codes.ndim != 2 or codes.shape[0] != self.num_codebooks or codes.shape[1] == 0:
-            raise SampleError("codes", f"codes have shape {codes.shape}, expected [{self.num_codebooks}, T > 0]")
+        if codes.ndim != 2 or codes.shape[0] != self.n_q or codes.shape[1] == 0:
+            raise SampleError("codes", f"codes have shape {codes.shape}, expected [{self.n_q}, T > 0]")
         if not np.issubdtype(codes.dtype, np.integer):
             raise SampleError("codes", f"codes have dtype {codes.dtype}, expected integers")
-        if codes.min() < 0 or codes.max() >= self.cardinality:
-            raise SampleError("codes", f"codes outside [0, {self.cardinality}): {codes.min()}..{codes.max()}")
+        if codes.min() < 0 or codes.max() >= self.card:
+            raise SampleError("codes", f"codes outside [0, {self.card}): {codes.min()}..{codes.max()}")
         start = crop_start(codes.shape[1], self.segment, crop_rng if self.train else None)
         window, mask = pad_to(codes[:, start:start + self.segment].astype(np.int64), self.segment)
         out = {"codes": window, "padding_mask": mask,
@@ -116,7 +115,7 @@ class TokenDecoder:
                "key": sample["__key__"]}
         if self.chroma:
             chroma = load_npy(sample, "chroma.npy")
-            if chroma.ndim != 2 or chroma.shape[0] != CHROMA_BINS or chroma.shape[1] != codes.shape[1]:
+            if chroma.ndim != 2 or chroma.shape[0] != N_CHROMA or chroma.shape[1] != codes.shape[1]:
                 raise SampleError("chroma", f"chroma has shape {chroma.shape}, expected [12, {codes.shape[1]}]")
             if not np.isfinite(chroma).all():
                 raise SampleError("chroma", "chroma contains NaN or Inf")
@@ -126,10 +125,10 @@ class TokenDecoder:
 
     def padding_example(self) -> dict:
         """Codes 0 with no real frame (validation padding, see :meth:`ShardStream.padding_batch`)."""
-        out = {"codes": np.zeros((self.num_codebooks, self.segment), dtype=np.int64),
+        out = {"codes": np.zeros((self.n_q, self.segment), dtype=np.int64),
                "padding_mask": np.zeros(self.segment, dtype=bool), "text": "", "meta": {}, "key": ""}
         if self.chroma:
-            out["chroma"] = np.zeros((CHROMA_BINS, self.segment), dtype=np.float32)
+            out["chroma"] = np.zeros((N_CHROMA, self.segment), dtype=np.float32)
         return out
 
     def collate(self, examples: list[dict]) -> dict[str, Any]:

@@ -120,8 +120,8 @@ def _chroma_gain(melody: ChromaCosine, text: ChromaCosine, seed: int) -> dict[st
             "gain_ci": interval.to_dict()}
 
 
-def quality_report(model: MusicGen, shards: str | Path, codec: str | Path, settings: QualitySettings = QualitySettings(),
-                   ) -> tuple[dict[str, Any], dict[str, list[Tensor]]]:
+def quality_report(model: MusicGen, shards: str | Path, codec: str | Path,
+                   settings: QualitySettings = QualitySettings()) -> tuple[dict[str, Any], dict[str, list[Tensor]]]:
     """(the report described in the module docstring, JSON-ready; the clips [C, L] it scored by condition:
     `text`, `untrained`, `melody`, `reference` — the windows)."""
     windows, reference = held_out_windows(shards, settings.clips, settings.seconds)

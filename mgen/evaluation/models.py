@@ -96,7 +96,7 @@ def load_kl_classifier(weights: str | Path | None, device: torch.device | str) -
 def load_clap(weights: str | Path | None, device: torch.device | str) -> AudioEmbedder:
     """The CLAP model of the CLAP score: `weights` (a laion-clap checkpoint or a transformers CLAP folder), or
     the published music checkpoint in the torch hub cache."""
-    from mgen.metrics.embedders.clap import PUBLISHED_FILE  # noqa: PLC0415 - transformers, only when asked
+    from mgen.metrics.embedders.clap import PUBLISHED_FILE  # transformers, only when asked
 
     path = resolve_weights(weights, PUBLISHED_FILE, CLAP_SOURCE, "CLAP")
     return load_embedder("clap", path, device=device)

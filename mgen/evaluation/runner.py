@@ -176,8 +176,8 @@ def evaluate_model(model_path: str | Path, data: str | Path, out_dir: str | Path
                    on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Generate from the captions (and melodies) of the first `num_samples` clips of `split` of the audio shards
     `data`, each as long as its reference (capped), and score the clips against that real audio."""
-    from mgen.conditioning import MELODY, TEXT  # noqa: PLC0415
-    from mgen.musicgen import MusicGen  # noqa: PLC0415
+    from mgen.conditioning import MELODY, TEXT
+    from mgen.musicgen import MusicGen
 
     settings = settings or GenerationSettings()
     options = options or EvalOptions()
@@ -220,7 +220,8 @@ def evaluate_model(model_path: str | Path, data: str | Path, out_dir: str | Path
         del model
         _log(f"scoring {len(prompts)} generated clips ({counts['reused']} from the cache)")
         by_name = {c.name: c for c in clips}
-        pairs = {p.name: (by_name[p.name], p.seconds) for p in prompts} if any(m in metrics for m in NEEDS_PAIRS) else None
+        pairs = ({p.name: (by_name[p.name], p.seconds) for p in prompts} if any(m in metrics for m in NEEDS_PAIRS)
+                 else None)
         results, messages = _score(suite, options, [cache.clip(p) for p in prompts], pairs)
         described = _described(models)
         report = {

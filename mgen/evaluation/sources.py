@@ -24,7 +24,7 @@ from torch import Tensor
 from mgen.atomic import TMP_MARK
 from mgen.audio import read_audio
 from mgen.data.captions import description_of
-from mgen.data.shard_index import is_shard_folder, load_index
+from mgen.data.shard_index import KIND_AUDIO, index_kind, is_shard_folder, load_index
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 CAPTIONS_NAME = "captions.jsonl"
@@ -138,8 +138,8 @@ class ShardReader:
 def _shard_samples(folder: Path, split: str, reader: ShardReader) -> Iterator[tuple[str, str, dict[str, Any]]]:
     """(shard path, key, meta) of every sample of `split`, in index order, members in tar order."""
     index = load_index(folder)
-    kind = index.get("kind") or "audio"
-    if kind != "audio":
+    kind = index_kind(index)
+    if kind != KIND_AUDIO:
         raise ValueError(f"{folder} holds {kind} shards, not audio: evaluation compares against real audio; pass the "
                          "audio shards (the ones `mgen prep tokenize` read)")
     entries = [e for e in index["shards"] if e.get("split") == split and int(e.get("samples", 1)) > 0]

@@ -95,7 +95,7 @@ def config_from_transformers(hf_config) -> CodecConfig:
         sample_rate=c.sampling_rate,
         channels=1,
         seanet=seanet,
-        quantizer=RVQConfig(n_q=c.num_quantizers, bins=c.codebook_size),
+        quantizer=RVQConfig(n_q=c.num_quantizers, card=c.codebook_size),
     )
 
 
@@ -113,11 +113,11 @@ def config_to_transformers(config: CodecConfig):
     s, q = config.seanet, config.quantizer
     if s.norm != "weight_norm":
         raise ValueError("only weight-normed codecs can be exported to transformers")
-    if 2 ** int(math.log2(q.bins)) != q.bins:
-        raise ValueError(f"transformers requires a power-of-two codebook size, got {q.bins}")
+    if 2 ** int(math.log2(q.card)) != q.card:
+        raise ValueError(f"transformers requires a power-of-two codebook size, got {q.card}")
     # transformers derives the number of codebooks from a bandwidth in kbps and an integer frame rate.
     hf_frame_rate = math.ceil(config.sample_rate / s.hop_length)
-    bandwidth = q.n_q * math.ceil(math.log2(q.bins)) * hf_frame_rate / 1000
+    bandwidth = q.n_q * math.ceil(math.log2(q.card)) * hf_frame_rate / 1000
     hf = EncodecConfig(
         target_bandwidths=[bandwidth],
         sampling_rate=config.sample_rate,
@@ -139,7 +139,7 @@ def config_to_transformers(config: CodecConfig):
         compress=s.compress,
         num_lstm_layers=s.lstm,
         trim_right_ratio=s.trim_right_ratio,
-        codebook_size=q.bins,
+        codebook_size=q.card,
         codebook_dim=s.dimension,
         use_conv_shortcut=not s.true_skip,
     )

@@ -96,7 +96,7 @@ def _check_convertible(cfg: LMConfig) -> None:
 @torch.no_grad()
 def lm_to_transformers(lm: LM) -> Any:
     """A transformers MusicgenForCausalLM with the weights of an mgen LM."""
-    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM  # noqa: PLC0415 - heavy import
+    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM  # heavy import
 
     cfg = lm.cfg
     _check_convertible(cfg)

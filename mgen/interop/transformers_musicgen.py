@@ -59,12 +59,12 @@ def _text_conditioner(model: "MusicGen") -> Any:
 
 def to_transformers(model: "MusicGen") -> tuple[Any, Any]:
     """(MusicgenForConditionalGeneration in eval mode, MusicgenProcessor) with the weights of `model`."""
-    from transformers import (  # noqa: PLC0415 - heavy import
+    from transformers import (  # heavy import
         EncodecFeatureExtractor, GenerationConfig, MusicgenConfig, MusicgenForConditionalGeneration,
         MusicgenProcessor)
 
-    from mgen.interop.encodec import codec_to_transformers  # noqa: PLC0415
-    from mgen.interop.musicgen import lm_to_transformers  # noqa: PLC0415
+    from mgen.interop.encodec import codec_to_transformers
+    from mgen.interop.musicgen import lm_to_transformers
 
     text = _text_conditioner(model)
     decoder = lm_to_transformers(model.lm)

@@ -19,15 +19,7 @@ from torch import Tensor, nn
 from mgen.lm.patterns import PatternProvider, make_pattern
 from mgen.lm.transformer import LayerCache, KVCache, TransformerLayer, sinusoidal_embedding
 from mgen.codes import check_codes
-
-# name -> (dim, num_heads, num_layers); ffn is 4*dim. The paper's "300M / 1.5B / 3.3B".
-SIZE_PRESETS: dict[str, tuple[int, int, int]] = {
-    "tiny": (64, 2, 2),
-    "bench-small": (512, 8, 8),
-    "small": (1024, 16, 24),
-    "medium": (1536, 24, 48),
-    "large": (2048, 32, 48),
-}
+from mgen.lm.presets import SIZE_PRESETS  # apart from the model: `mgen info --help` lists them without torch
 
 
 @dataclass

@@ -23,7 +23,7 @@ ATTENTION_BACKENDS = ("auto", "xformers", "sdpa", "math")
 def _xformers_ops():
     """The xformers ops module, or None when xformers is not installed or does not import."""
     try:
-        import xformers.ops as xops  # noqa: PLC0415 - optional dependency
+        import xformers.ops as xops  # optional dependency
 
         return xops
     except Exception:  # pragma: no cover - depends on the install

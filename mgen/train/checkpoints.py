@@ -74,7 +74,7 @@ def checkpoint_step(path: Path) -> int | None:
     the file is not a readable checkpoint (e.g. cut short: its zip directory, at the end, is missing)."""
     try:
         return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
-    except Exception:  # noqa: BLE001 - any unreadable file is simply not a candidate
+    except Exception:  # any unreadable file is simply not a candidate
         return None
 
 
@@ -148,17 +148,6 @@ class Retention:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"trainer.checkpoints.{name} must be an integer >= {low}, got {value!r}")
-
-    @classmethod
-    def from_recipe(cls, trainer_section: dict[str, Any]) -> "Retention":
-        section = trainer_section.get("checkpoints") or {}
-        if not isinstance(section, dict):
-            raise ValueError(f"trainer.checkpoints must be a mapping with keep_last / keep_every, got {section!r}")
-        unknown = set(section) - {"keep_last", "keep_every"}
-        if unknown:
-            raise ValueError(f"unknown keys in trainer.checkpoints: {sorted(unknown)}; known: ['keep_every', "
-                             f"'keep_last']")
-        return cls(**section)
 
     def to_delete(self, steps: dict[Path, int]) -> list[Path]:
         """Of the checkpoints `steps` (path -> global step; last.ckpt excluded), those to delete."""

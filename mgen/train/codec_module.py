@@ -11,29 +11,28 @@ Lightning's `EMAWeightAveraging` callback because that callback counts optimiser
 one before the adversarial losses start), averages every buffer including integer counters, copies the
 discriminator, and only hands its weights to the module at the end of `fit`.
 
-Recipes (`recipes/codec/*.yaml`) are turned into a module, callbacks and Trainer arguments by
-`build_codec_module`, `codec_callbacks` and `codec_trainer_kwargs`; `export_codec` writes the EMA codec.
+A typed codec recipe (`mgen.train.recipe.CodecRecipe`) becomes a module, callbacks and Trainer arguments in
+`mgen.train.codec_recipe`; `export_codec` writes the EMA codec.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 
 from mgen.codec.checkpoint import save_codec
 from mgen.codec.discriminator import MultiScaleSTFTDiscriminator
 from mgen.codec.losses import (LossBalancer, MultiScaleMelLoss, feature_matching_loss, hinge_discriminator_loss,
                                hinge_generator_loss, l1_waveform_loss, si_snr)
 from mgen.codec.model import Codec, CodecConfig
-from mgen.recipes import recipe_section
 from mgen.train.checkpoints import Retention, RunCheckpoint, check_interval
+from mgen.train.ema import EMAConfig
 from mgen.train.media import log_audio_examples
 from mgen.train.validation import Totals, real_samples
 
@@ -60,10 +59,7 @@ class CodecTrainConfig:
     disc_n_ffts: tuple[int, ...] = (1024, 2048, 512, 256, 128)
     max_grad_norm: float | None = None
     warmup_steps: int = 0
-    max_updates: int | None = None  # generator updates; the module stops the trainer there
-    cosine: bool = False
-    ema_decay: float | None = 0.99  # None or 0: no EMA, validation and export use the live weights
-    ema_every: int = 1  # generator updates between EMA updates
+    cosine: bool = False  # cosine decay of the lr over trainer.max_steps generator updates
     num_audio_examples: int = 2
 
     def __post_init__(self) -> None:
@@ -79,10 +75,6 @@ class CodecTrainConfig:
             raise ValueError(f"loss weights must be >= 0, got {self.loss_weights}")
         if self.disc_every < 1:
             raise ValueError(f"disc_every must be >= 1, got {self.disc_every}")
-        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1) or null, got {self.ema_decay}")
-        if self.ema_every < 1:
-            raise ValueError(f"ema_every must be >= 1, got {self.ema_every}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
@@ -90,21 +82,14 @@ class CodecTrainConfig:
     def adversarial(self) -> bool:
         return self.loss_weights.get("adv", 0) > 0 or self.loss_weights.get("feat", 0) > 0
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CodecTrainConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown codec train settings {sorted(unknown)}")
-        return cls(**d)
 
-
-def code_counts(codes: torch.Tensor, bins: int) -> torch.Tensor:
-    """``[K, bins]``: how often each code of each codebook occurs in codes ``[B, K, T]``."""
-    return torch.stack([torch.bincount(codes[:, q].reshape(-1), minlength=bins) for q in range(codes.shape[1])])
+def code_counts(codes: torch.Tensor, card: int) -> torch.Tensor:
+    """``[K, card]``: how often each code of each codebook occurs in codes ``[B, K, T]``."""
+    return torch.stack([torch.bincount(codes[:, q].reshape(-1), minlength=card) for q in range(codes.shape[1])])
 
 
 def statistics_of_counts(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per codebook, from code counts ``[K, bins]``: perplexity (exp of the code entropy) and the fraction of codes
+    """Per codebook, from code counts ``[K, card]``: perplexity (exp of the code entropy) and the fraction of codes
     used."""
     counts = counts.float()
     probs = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
@@ -112,23 +97,30 @@ def statistics_of_counts(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return entropy.exp(), (counts > 0).float().mean(dim=1)
 
 
-def codebook_statistics(codes: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
+def codebook_statistics(codes: torch.Tensor, card: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per codebook: perplexity (exp of the code entropy) and the fraction of codes used. codes [B, K, T]."""
-    return statistics_of_counts(code_counts(codes, bins))
+    return statistics_of_counts(code_counts(codes, card))
 
 
 class CodecModule(L.LightningModule):
-    """Trains a `Codec` against a multi-scale STFT discriminator, keeping an EMA copy for validation/export."""
+    """Trains a `Codec` against a multi-scale STFT discriminator, keeping an EMA copy for validation/export.
 
-    def __init__(self, codec: dict[str, Any] | str = "tiny", train: dict[str, Any] | None = None):
+    `ema`: the average (`decay` None or 0: none, validation and export use the live weights); `max_steps`: generator
+    updates, where the module stops the trainer (None: never)."""
+
+    def __init__(self, codec: CodecConfig, optim: CodecTrainConfig | None = None, ema: EMAConfig | None = None,
+                 max_steps: int | None = None):
         super().__init__()
-        codec_cfg = CodecConfig.preset(codec) if isinstance(codec, str) else CodecConfig.from_dict(codec)
-        self.train_cfg = CodecTrainConfig.from_dict(dict(train or {}))
-        self.save_hyperparameters({"codec": codec_cfg.to_dict(), "train": asdict(self.train_cfg)})
+        codec_cfg = codec
+        self.train_cfg = optim or CodecTrainConfig()
+        self.ema_cfg = ema if ema is not None else EMAConfig(decay=0.99)
+        self.max_steps = max_steps
+        self.save_hyperparameters({"codec": codec_cfg.to_dict(), "train": asdict(self.train_cfg),
+                                   "ema": asdict(self.ema_cfg), "max_steps": max_steps})
         self.automatic_optimization = False
         self.codec = Codec(codec_cfg)
         self.codec_ema: Codec | None = None
-        if self.train_cfg.ema_decay:
+        if self.ema_cfg.decay:
             # No gradients and never trained; train/eval mode does not matter (encode/decode never update codebooks).
             self.codec_ema = copy.deepcopy(self.codec).requires_grad_(False)
         self.discriminator = MultiScaleSTFTDiscriminator(filters=self.train_cfg.disc_filters,
@@ -140,7 +132,7 @@ class CodecModule(L.LightningModule):
         self.register_buffer("ema_count", torch.zeros((), dtype=torch.float64))
         codebooks = codec_cfg.quantizer.n_q * codec_cfg.channels  # codes are [B, n_q x C, T]
         self.val_totals = Totals({"si_snr": (), "mel_distance": (), "samples": (),
-                                  "codes": (codebooks, codec_cfg.quantizer.bins)})
+                                  "codes": (codebooks, codec_cfg.quantizer.card)})
 
     # ----------------------------------------------------------------------------------------- utils
     @staticmethod
@@ -154,14 +146,14 @@ class CodecModule(L.LightningModule):
 
     def bitrate_kbps(self) -> float:
         q = self.codec.config.quantizer
-        return q.n_q * self.codec.channels * math.log2(q.bins) * self.codec.frame_rate / 1000
+        return q.n_q * self.codec.channels * math.log2(q.card) * self.codec.frame_rate / 1000
 
     def _schedule(self, step: int) -> float:
         cfg = self.train_cfg
         if cfg.warmup_steps and step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
-        if cfg.cosine and cfg.max_updates:
-            progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_updates - cfg.warmup_steps))
+        if cfg.cosine and self.max_steps:
+            progress = min(1.0, (step - cfg.warmup_steps) / max(1, self.max_steps - cfg.warmup_steps))
             return 0.5 * (1 + math.cos(math.pi * progress))
         return 1.0
 
@@ -184,7 +176,7 @@ class CodecModule(L.LightningModule):
         """Unbiased EMA (audiocraft's): weight ``1 / Σ decay^i``, so early updates are not pulled to the init."""
         if self.codec_ema is None:
             return
-        self.ema_count.mul_(self.train_cfg.ema_decay).add_(1.0)
+        self.ema_count.mul_(self.ema_cfg.decay).add_(1.0)
         w = float(1.0 / self.ema_count)
         live = self.codec.state_dict()
         for name, avg in self.codec_ema.state_dict().items():
@@ -237,10 +229,10 @@ class CodecModule(L.LightningModule):
         opt_g.step()
         sch_g.step()
         self.generator_updates += 1
-        if int(self.generator_updates) % cfg.ema_every == 0:
+        if int(self.generator_updates) % self.ema_cfg.every_n_steps == 0:
             self.update_ema()
 
-        perplexity, usage = codebook_statistics(out.codes.detach(), self.codec.cardinality)
+        perplexity, usage = codebook_statistics(out.codes.detach(), self.codec.card)
         logs.update({f"train/{k}": v.detach() for k, v in losses.items()})
         logs.update({f"train/balanced_{k}": v for k, v in effective.items()})
         logs["train/commitment"] = out.penalty.detach()
@@ -255,7 +247,7 @@ class CodecModule(L.LightningModule):
         self.log_dict(logs, prog_bar=False, on_step=True, on_epoch=False, batch_size=wav.shape[0])
         main = losses["msspec"] if "msspec" in losses else losses["l1"]
         self.log("loss", main.detach(), prog_bar=True, on_step=True, batch_size=wav.shape[0])
-        if cfg.max_updates and int(self.generator_updates) >= cfg.max_updates:
+        if self.max_steps and int(self.generator_updates) >= self.max_steps:
             self.trainer.should_stop = True
 
     # ------------------------------------------------------------------------------------ validation
@@ -265,7 +257,7 @@ class CodecModule(L.LightningModule):
         codec = codec if codec is not None else self.eval_codec
         codes = codec.encode(wav)
         recon = codec.decode(codes, length=wav.shape[-1])
-        perplexity, usage = codebook_statistics(codes, codec.cardinality)
+        perplexity, usage = codebook_statistics(codes, codec.card)
         return {"si_snr": si_snr(recon, wav).mean(), "mel_distance": self.mel_loss(recon, wav),
                 "perplexity_mean": perplexity.mean(), "usage_mean": usage.mean(), "recon": recon}
 
@@ -286,7 +278,7 @@ class CodecModule(L.LightningModule):
         zero = snr.new_zeros(())
         self.val_totals.update(si_snr=torch.where(real, snr, zero).sum(),
                                mel_distance=torch.where(real, mel, zero).sum(), samples=real.sum(),
-                               codes=code_counts(codes[real], codec.cardinality))
+                               codes=code_counts(codes[real], codec.card))
         n = self.train_cfg.num_audio_examples
         if batch_idx == 0 and n > 0 and self.trainer.is_global_zero and not self.trainer.sanity_checking:
             sr = self.codec.sample_rate
@@ -315,52 +307,6 @@ class CodecModule(L.LightningModule):
             self.balancer.load_state_dict(checkpoint["loss_balancer"])
 
 
-# ---------------------------------------------------------------------------------------------- recipes
-RECIPE_SECTIONS = {"task", "model", "train", "data", "trainer", "ema", "logging", "eval"}
-
-
-def _section(recipe: dict[str, Any], name: str, known: set[str] | None = None) -> dict[str, Any]:
-    return recipe_section(recipe, name, known, kind="codec")
-
-
-def codec_config_from_recipe(recipe: dict[str, Any]) -> CodecConfig:
-    """The `model:` section: a preset name plus overrides (nested dicts merge), or a full CodecConfig dict."""
-    model = _section(recipe, "model")
-    preset = model.pop("preset", None)
-    return CodecConfig.preset(preset, **model) if preset else CodecConfig.from_dict(model)
-
-
-def build_codec_module(recipe: dict[str, Any]) -> CodecModule:
-    """A `CodecModule` from a codec recipe, checking that its data and model sections agree."""
-    if recipe.get("task", "codec") != "codec":
-        raise ValueError(f"not a codec recipe: task is {recipe.get('task')!r}")
-    unknown = set(recipe) - RECIPE_SECTIONS
-    if unknown:
-        raise ValueError(f"unknown codec recipe sections {sorted(unknown)}; known: {sorted(RECIPE_SECTIONS)}")
-    codec_cfg = codec_config_from_recipe(recipe)
-    data = _section(recipe, "data")  # the data module owns this section; only what the codec must match is checked
-    trainer = _section(recipe, "trainer")
-    ema = _section(recipe, "ema", {"decay", "every_n_updates"})
-    train = _section(recipe, "train")
-    for key, value in (("sample_rate", codec_cfg.sample_rate), ("channels", codec_cfg.channels)):
-        if key in data and int(data[key]) != value:
-            raise ValueError(f"codec recipe: data.{key} is {data[key]} but the codec model has {key} {value}")
-    if "max_updates" in trainer:
-        train.setdefault("max_updates", int(trainer["max_updates"]))
-    if "decay" in ema:
-        train.setdefault("ema_decay", ema["decay"])
-    if "every_n_updates" in ema:
-        train.setdefault("ema_every", int(ema["every_n_updates"]))
-    train_cfg = CodecTrainConfig.from_dict(train)
-    if "segment_seconds" in data:
-        samples = int(float(data["segment_seconds"]) * codec_cfg.sample_rate)
-        longest = max([1024, *(train_cfg.disc_n_ffts if train_cfg.adversarial else ())])
-        if samples < longest:
-            raise ValueError(f"codec recipe: segments of {data['segment_seconds']} s ({samples} samples) are shorter "
-                             f"than the longest STFT window ({longest}); use longer segments")
-    return CodecModule(codec_cfg.to_dict(), asdict(train_cfg))
-
-
 class UpdateCheckpoint(RunCheckpoint):
     """The run's checkpoints (`RunCheckpoint`: last.ckpt, retention), counted in generator updates, not optimiser
     steps.
@@ -374,7 +320,7 @@ class UpdateCheckpoint(RunCheckpoint):
                  **kwargs: Any) -> None:
         kwargs.setdefault("filename", "codec-{updates}")
         super().__init__(dirpath, retention or Retention(), every_n_train_steps=0, **kwargs)
-        self.every_n_updates = check_interval("checkpoint_every_n_updates", every_n_updates)
+        self.every_n_updates = check_interval("checkpoint_every_n_steps", every_n_updates)
 
     def _monitor_candidates(self, trainer: L.Trainer) -> dict[str, torch.Tensor]:
         candidates = super()._monitor_candidates(trainer)
@@ -386,7 +332,7 @@ class UpdateCheckpoint(RunCheckpoint):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         updates = int(pl_module.generator_updates)
-        max_updates = getattr(getattr(pl_module, "train_cfg", None), "max_updates", None)
+        max_updates = getattr(pl_module, "max_steps", None)
         due = updates % self.every_n_updates == 0 or (max_updates is not None and updates >= max_updates)
         if not due or self._should_skip_saving_checkpoint(trainer):
             return
@@ -395,46 +341,10 @@ class UpdateCheckpoint(RunCheckpoint):
         self._save_last_checkpoint(trainer, candidates)
 
 
-def codec_callbacks(recipe: dict[str, Any], dirpath: str | Path | None = None) -> list[Callback]:
-    """Callbacks a codec run needs: LR monitor and an update-counting checkpoint (`trainer.checkpoints` says how
-    many are kept, last.ckpt always).
-
-    EMA is not a callback: the module keeps `codec_ema` itself (see the module docstring).
-    """
-    trainer = _section(recipe, "trainer")
-    every = trainer.get("checkpoint_every_n_updates", 1000)
-    return [
-        LearningRateMonitor(logging_interval="step"),
-        UpdateCheckpoint(every_n_updates=every, dirpath=dirpath, retention=Retention.from_recipe(trainer)),
-    ]
-
-
-def codec_trainer_kwargs(recipe: dict[str, Any]) -> dict[str, Any]:
-    """`lightning.Trainer` arguments for a codec recipe.
-
-    `max_steps` stays -1 on purpose: the module stops at `max_updates` generator updates, while Lightning's step
-    counter advances once per optimiser step. One batch is one generator update, so batch-based intervals
-    (validation, logging) are update-based.
-    """
-    trainer = _section(recipe, "trainer")
-    kwargs: dict[str, Any] = {
-        "max_steps": -1,
-        "max_epochs": -1,
-        "precision": str(trainer.get("precision", "32-true")),
-        "log_every_n_steps": int(trainer.get("log_every_n_steps", 50)),
-        "val_check_interval": int(trainer.get("val_every_n_updates", 1000)),
-        "check_val_every_n_epoch": None,
-    }
-    if "limit_val_batches" in trainer:
-        kwargs["limit_val_batches"] = trainer["limit_val_batches"]
-    return kwargs
-
-
 def export_codec(module: CodecModule, out_dir: str | Path) -> Path:
     """Write the module's EMA codec (the live one when EMA is off) as an export directory (`save_codec`)."""
     return save_codec(module.eval_codec, out_dir)
 
 
-__all__ = ["DDP_STRATEGY", "CodecModule", "CodecTrainConfig", "UpdateCheckpoint", "build_codec_module",
-           "code_counts", "codec_callbacks", "codec_config_from_recipe", "codec_trainer_kwargs", "codebook_statistics",
+__all__ = ["DDP_STRATEGY", "CodecModule", "CodecTrainConfig", "UpdateCheckpoint", "code_counts", "codebook_statistics",
            "export_codec", "statistics_of_counts"]

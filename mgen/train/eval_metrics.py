@@ -43,7 +43,6 @@ from mgen.lm.generate import SamplingParams, generate
 from mgen.metrics import ReferenceStats
 from mgen.metrics.clips import check_policy, is_silent
 from mgen.metrics.embedders.base import embed_audio
-from mgen.recipes import recipe_section
 from mgen.train.lm_samples import first_samples
 
 LM_EVAL_KEYS = {"metrics", "embedders", "reference", "every_n_validations", "silence", "num_samples", "seconds",
@@ -55,7 +54,8 @@ RECON_SUFFIX = "_recon"
 
 @dataclass
 class EvalConfig:
-    """The `eval:` section, checked."""
+    """Metrics computed during training at validation (fad, kad, kl, clap, chroma; a codec run: fad, kad), as
+    `mgen evaluate` computes them; see README "Evaluating"."""
 
     metrics: list[str]
     embedders: list[EmbedderSpec] = field(default_factory=list)
@@ -72,17 +72,19 @@ class EvalConfig:
     clap_weights: str | None = None
 
     @staticmethod
-    def from_recipe(recipe: dict[str, Any], kind: str) -> EvalConfig | None:
+    def from_section(section: dict[str, Any], kind: str) -> EvalConfig:
+        """The recipe's `eval:` mapping, checked (`kind`: "LM" or "codec"; a codec run scores fad and kad)."""
+        section = dict(section)
         known = LM_EVAL_KEYS if kind == "LM" else CODEC_EVAL_KEYS
-        section = recipe_section(recipe, "eval", known, kind=kind)
-        if not section:
-            return None
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(f"unknown keys {unknown} in eval; known: {sorted(known)}")
         if "metrics" not in section:
-            raise ValueError(f"{kind} recipe section 'eval' needs metrics (of fad, kad, kl, clap, chroma)")
+            raise ValueError("eval needs metrics (of fad, kad, kl, clap, chroma)")
         metrics = parse_metrics(section.pop("metrics"))
         allowed = ("fad", "kad") if kind == "codec" else metrics
         if any(m not in allowed for m in metrics):
-            raise ValueError(f"codec recipe section 'eval': metrics {metrics}; a codec run scores fad and kad only")
+            raise ValueError(f"eval.metrics {metrics}: a codec run scores fad and kad only")
         embedders = section.pop("embedders", None) or []
         reference = section.pop("reference", None) or []
         cfg = EvalConfig(metrics, [EmbedderSpec.parse(e) for e in (embedders if isinstance(embedders, list)
@@ -94,13 +96,13 @@ class EvalConfig:
     def check(self, kind: str) -> None:
         check_policy(self.silence)
         if self.every_n_validations < 1 or self.num_samples < 1 or self.seconds <= 0 or self.batch_size < 1:
-            raise ValueError(f"{kind} recipe section 'eval': every_n_validations, num_samples and batch_size must be "
-                             f">= 1 and seconds > 0")
+            raise ValueError("eval: every_n_validations, num_samples and batch_size must be "
+                             ">= 1 and seconds > 0")
         if any(m in self.metrics for m in NEEDS_REFERENCE) and not self.embedders:
-            raise ValueError(f"{kind} recipe section 'eval': fad / kad need embedders (e.g. [codec] or "
+            raise ValueError("eval: fad / kad need embedders (e.g. [codec] or "
                              "[vggish=PATH])")
         if kind == "LM" and any(m in self.metrics for m in NEEDS_REFERENCE) and not self.reference:
-            raise ValueError("LM recipe section 'eval': fad / kad need reference statistics of the real validation "
+            raise ValueError("eval: fad / kad need reference statistics of the real validation "
                              "audio: make them with `mgen evaluate --ref SHARDS --split valid --embedder NAME -o "
                              "REF.npz` and set eval.reference")
 
@@ -334,7 +336,8 @@ class CodecEvalMetrics(_EvalCallback):
         keys = batch.get("key") if isinstance(batch, dict) else None
         names = [str(k) for k in keys] if keys else [f"{trainer.global_rank}-{batch_idx}-{i}" for i in range(len(wav))]
         items = [GeneratedItem(name, clip[:, :n], codec.sample_rate, reference=real[:, :n],
-                               reference_rate=codec.sample_rate) for clip, real, n, name in zip(recon, wav, lengths, names)]
+                               reference_rate=codec.sample_rate)
+                 for clip, real, n, name in zip(recon, wav, lengths, names)]
         items = _without_silent_references(items, trainer.global_step)
         if not self.cfg.reference:
             for item in items:
@@ -346,11 +349,9 @@ class CodecEvalMetrics(_EvalCallback):
             self._score(trainer, pl_module)
 
 
-def lm_eval_callbacks(recipe: dict[str, Any]) -> list[L.Callback]:
-    cfg = EvalConfig.from_recipe(recipe, "LM")
-    return [LMEvalMetrics(cfg, seed=int(recipe.get("seed", 0)))] if cfg else []
+def lm_eval_callbacks(cfg: EvalConfig | None, seed: int = 0) -> list[L.Callback]:
+    return [LMEvalMetrics(cfg, seed=seed)] if cfg else []
 
 
-def codec_eval_callbacks(recipe: dict[str, Any]) -> list[L.Callback]:
-    cfg = EvalConfig.from_recipe(recipe, "codec")
+def codec_eval_callbacks(cfg: EvalConfig | None) -> list[L.Callback]:
     return [CodecEvalMetrics(cfg)] if cfg else []

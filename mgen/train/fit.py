@@ -15,8 +15,6 @@ first because its constructor writes nothing and knows each process's rank.
 
 from __future__ import annotations
 
-import copy
-import importlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,37 +25,17 @@ import yaml
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from mgen.atomic import remove_stale_temporaries, write_text_atomic
-from mgen.recipes import load_recipe
+from mgen.train import codec_recipe, lm_recipe
 from mgen.train.checkpoints import CHECKPOINT_DIR, AtomicCheckpointIO, resume_checkpoint
 from mgen.train.exact_resume import ExactResume
 from mgen.train.loggers import ResumableCSVLogger, finish_loggers, make_loggers
 from mgen.train.preemption import SlurmPreempted, SlurmPreemption, requeue_job
-from mgen.train.recipe_checks import checked_recipe
+from mgen.train.recipe import Recipe, apply_overrides, parse_recipe, read_yaml
 from mgen.train.run_lock import RunLock
 
 # recipe `task:` -> module with build(recipe, run_dir) -> (module, datamodule, callbacks),
 # trainer_options(recipe, datamodule, world_size) -> Trainer kwargs, and export(module, trainer, run_dir)
-TASK_BUILDERS = {"codec": "mgen.train.codec_recipe", "lm": "mgen.train.lm_recipe"}
-TASKS = tuple(TASK_BUILDERS)
-
-
-def _set(recipe: dict[str, Any], dotted: str, value: Any) -> None:
-    node = recipe
-    *parents, leaf = dotted.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
-
-
-def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """`section.key=value` overrides (values parsed as YAML), e.g. `trainer.max_updates=50`."""
-    recipe = copy.deepcopy(recipe)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value")
-        key, raw = item.split("=", 1)
-        _set(recipe, key.strip(), yaml.safe_load(raw))
-    return recipe
+TASK_BUILDERS = {"codec": codec_recipe, "lm": lm_recipe}
 
 
 def _device_count(devices: int | str, accelerator: str) -> int:
@@ -86,42 +64,40 @@ def fit(recipe: dict[str, Any] | str | Path, run_dir: str | Path, data: str | No
 def _fit(recipe: dict[str, Any] | str | Path, run_dir: str | Path, data: str | None,
          overrides: list[str] | None, devices: int | str, num_nodes: int, accelerator: str, wandb: bool,
          resume: bool, preemption: SlurmPreemption | None) -> dict[str, Any]:
-    loaded = load_recipe(recipe) if not isinstance(recipe, dict) else recipe
-    recipe = checked_recipe(apply_overrides(loaded, overrides or []), loaded, overrides or [],
-                            source=None if isinstance(recipe, dict) else str(recipe))
+    source = None if isinstance(recipe, dict) else str(recipe)
+    raw = apply_overrides(recipe if isinstance(recipe, dict) else read_yaml(recipe), overrides or [], source)
     if data is not None:
-        _set(recipe, "data.shards", data)
-    task = recipe.get("task")
-    if task not in TASKS:
-        raise ValueError(f"recipe task must be one of {TASKS}, got {task!r}")
-    if not recipe.get("data", {}).get("shards"):
+        raw["data"] = {**(raw.get("data") if isinstance(raw.get("data"), dict) else {}), "shards": str(data)}
+    typed = parse_recipe(raw, source)  # every check of the recipe, before anything is built
+    if not typed.data.shards:
         raise ValueError("no training data: pass --data SHARDS_DIR or set data.shards in the recipe")
     run_dir = Path(run_dir)
-    L.seed_everything(int(recipe.get("seed", 0)), workers=True)
-    builder = importlib.import_module(TASK_BUILDERS[task])
-    module, datamodule, callbacks = builder.build(recipe, run_dir)
+    L.seed_everything(typed.seed, workers=True)
+    builder = TASK_BUILDERS[typed.task]
+    module, datamodule, callbacks = builder.build(typed, run_dir)
     callbacks = [ExactResume(), *callbacks]  # first: it must see each batch before a callback saves a checkpoint
-    trainer = make_trainer(recipe, builder, datamodule, callbacks, run_dir, devices, num_nodes, accelerator, wandb,
-                           preemption)
+    trainer = make_trainer(typed, builder, datamodule, callbacks, run_dir, devices, num_nodes, accelerator, wandb,
+                           preemption, raw)
     lock = RunLock(run_dir).acquire() if trainer.is_global_zero else None
     try:
-        return _train(trainer, builder, module, datamodule, recipe, run_dir, resume, preemption)
+        return _train(trainer, builder, module, datamodule, raw, run_dir, resume, preemption)
     finally:
         if lock is not None:
             lock.release()
 
 
-def make_trainer(recipe: dict[str, Any], builder: Any, datamodule: L.LightningDataModule, callbacks: list[L.Callback],
+def make_trainer(recipe: Recipe, builder: Any, datamodule: L.LightningDataModule, callbacks: list[L.Callback],
                  run_dir: Path, devices: int | str = "auto", num_nodes: int = 1, accelerator: str = "auto",
-                 wandb: bool = False, preemption: SlurmPreemption | None = None) -> L.Trainer:
-    """The Trainer of a run: the recipe's options and strategy, the run's loggers, and `AtomicCheckpointIO` as the
-    strategy's checkpoint writer (every strategy: one device, DDP, FSDP). Writes nothing."""
-    trainer_cfg = recipe.get("trainer", {})
+                 wandb: bool = False, preemption: SlurmPreemption | None = None,
+                 raw: dict[str, Any] | None = None) -> L.Trainer:
+    """The Trainer of a run: the recipe's options and strategy, the run's loggers (`raw`, the recipe as written, is
+    W&B's config), and `AtomicCheckpointIO` as the strategy's checkpoint writer (every strategy: one device, DDP,
+    FSDP). Writes nothing."""
+    trainer_cfg = recipe.trainer
     options: dict[str, Any] = {
         "max_epochs": -1, "max_steps": -1, "check_val_every_n_epoch": None,
-        "precision": trainer_cfg.get("precision", "32-true"),
-        "limit_val_batches": trainer_cfg.get("limit_val_batches", 4),
-        "log_every_n_steps": int(trainer_cfg.get("log_every_n_steps", 10)),
+        "precision": trainer_cfg.precision, "limit_val_batches": trainer_cfg.limit_val_batches,
+        "log_every_n_steps": trainer_cfg.log_every_n_steps,
     }
     world_size = _device_count(devices, accelerator) * num_nodes
     options.update(builder.trainer_options(recipe, datamodule, world_size))
@@ -129,15 +105,16 @@ def make_trainer(recipe: dict[str, Any], builder: Any, datamodule: L.LightningDa
     if preemption is not None:  # our pre-emption handling replaces Lightning's (see SlurmPreemption)
         plugins.append(SLURMEnvironment(auto_requeue=False))
         callbacks = [*callbacks, preemption]
-    loggers = make_loggers(run_dir, recipe, wandb)
+    loggers = make_loggers(run_dir, recipe, wandb, config=raw)
     return L.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, num_sanity_val_steps=0,
         default_root_dir=str(run_dir), logger=loggers, callbacks=callbacks, plugins=plugins,
-        enable_progress_bar=trainer_cfg.get("progress_bar", True), **options)
+        enable_progress_bar=trainer_cfg.progress_bar, **options)
 
 
 def write_resolved_recipe(run_dir: Path, recipe: dict[str, Any]) -> None:
-    """RUN/recipe.yaml: the recipe as this run reads it (overrides applied), committed atomically."""
+    """RUN/recipe.yaml: the recipe file as this run reads it (overrides applied), committed atomically; re-running
+    `mgen fit RUN/recipe.yaml` reads the same recipe."""
     write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
 
 

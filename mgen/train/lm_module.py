@@ -16,9 +16,12 @@ from typing import Any
 import lightning as L
 import torch
 
+from mgen.codec.checkpoint import load_codec
 from mgen.conditioning import MELODY, MelodyConditioner
 from mgen.conditioning.provider import ConditioningConfig, build_condition_provider
 from mgen.lm.model import LM, Conditioning, LMConfig, count_parameters, cross_entropy_per_codebook, cross_entropy_sums
+from mgen.train.parallel import (FSDPPlan, average_replicated_gradients, clip_grad_norm_, gather_full_lm, is_sharded,
+                                 parallelize_lm)
 from mgen.train.validation import Totals, real_samples
 
 
@@ -31,7 +34,6 @@ class LMTrainConfig:
     weight_decay: float = 0.1
     eps: float = 1e-8
     warmup_steps: int = 4000
-    total_steps: int = 1_000_000
     lr_min_ratio: float = 0.0
     max_grad_norm: float = 1.0  # applied by the Trainer (gradient_clip_val)
     optimizer: str = "adamw"
@@ -40,6 +42,8 @@ class LMTrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
+        if self.lr <= 0 or self.warmup_steps < 0:
+            raise ValueError(f"optim.lr must be > 0 and optim.warmup_steps >= 0, got {self.lr}, {self.warmup_steps}")
         if self.optimizer != "adamw" or self.schedule != "cosine":
             raise ValueError(f"mgen trains the LM with adamw + cosine, got {self.optimizer} + {self.schedule}")
 
@@ -50,14 +54,20 @@ def lm_flops_per_token(cfg: LMConfig, seq_len: int) -> float:
 
 
 class LMModule(L.LightningModule):
-    def __init__(self, lm: dict[str, Any], conditioning: dict[str, Any] | None = None,
-                 train: dict[str, Any] | None = None, codec_path: str | None = None):
+    """`max_steps`: the length of the cosine schedule (the recipe's `trainer.max_steps`). `fsdp_plan`: how
+    `configure_model` shards the LM when the strategy gives the module a device mesh (`mgen.train.parallel`)."""
+
+    def __init__(self, lm: LMConfig, conditioning: ConditioningConfig | None = None,
+                 optim: LMTrainConfig | None = None, max_steps: int = 1_000_000, codec_path: str | None = None,
+                 fsdp_plan: FSDPPlan | None = None):
         super().__init__()
-        self.lm_cfg = LMConfig.from_dict(lm)
-        self.cond_cfg = ConditioningConfig(**(conditioning or {}))
-        self.train_cfg = LMTrainConfig(**(train or {}))
+        self.lm_cfg = lm
+        self.cond_cfg = conditioning or ConditioningConfig()
+        self.train_cfg = optim or LMTrainConfig()
+        self.max_steps = max_steps
+        self.fsdp_plan = fsdp_plan
         self.save_hyperparameters({"lm": self.lm_cfg.to_dict(), "conditioning": asdict(self.cond_cfg),
-                                   "train": asdict(self.train_cfg), "codec_path": codec_path})
+                                   "train": asdict(self.train_cfg), "max_steps": max_steps, "codec_path": codec_path})
         self.lm = LM(self.lm_cfg)
         self.conditioner = build_condition_provider(self.cond_cfg, self.lm_cfg.dim)
         self.codec_path = codec_path
@@ -68,14 +78,19 @@ class LMModule(L.LightningModule):
         n_q = self.lm_cfg.n_q
         self.val_totals = Totals({"ce": (n_q,), "tokens": (n_q,)})
 
+    @classmethod
+    def from_hparams(cls, hparams: dict[str, Any]) -> "LMModule":
+        """The module a training checkpoint's `hyper_parameters` describe (weights not loaded)."""
+        return cls(LMConfig.from_dict(hparams["lm"]), ConditioningConfig(**hparams["conditioning"]),
+                   LMTrainConfig(**hparams["train"]), max_steps=int(hparams.get("max_steps", 1_000_000)),
+                   codec_path=hparams.get("codec_path"))
+
     # ---------------------------------------------------------------------------------------- inputs
     def codec(self):
         if self._codec is None:
             if not self.codec_path:
                 raise ValueError("this batch holds audio: the LM needs codec_path to encode it (or use token "
                                  "shards from `mgen prep tokenize`)")
-            from mgen.codec.checkpoint import load_codec  # noqa: PLC0415
-
             self.__dict__["_codec"] = load_codec(self.codec_path, device=self.device).requires_grad_(False)
         return self._codec.to(self.device)
 
@@ -172,7 +187,7 @@ class LMModule(L.LightningModule):
         cfg = self.train_cfg
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps))
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, self.max_steps - cfg.warmup_steps))
         return cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def configure_optimizers(self):
@@ -188,21 +203,18 @@ class LMModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --------------------------------------------------------------------- sharded training (FSDP2)
-    # `trainer.strategy: fsdp` gives the module a device mesh (Lightning's ModelParallelStrategy); everything
-    # about sharding lives in `mgen.train.parallel`. Without a mesh (one device, DDP) these hooks change nothing.
+    # `trainer.strategy: fsdp` gives the module a device mesh (Lightning's ModelParallelStrategy); sharding is
+    # applied to the plain LM from outside by `mgen.train.parallel`. Without a mesh (one device, DDP) these hooks
+    # change nothing.
     def configure_model(self) -> None:
-        """Shard the LM over the device mesh (blocks, then the root); a no-op without a mesh."""
-        if self.device_mesh is not None:
-            from mgen.train import parallel  # noqa: PLC0415
-
-            parallel.shard_lm(self, self.device_mesh, getattr(self.trainer.strategy, "fsdp_plan", None))
+        """Shard the LM over the device mesh (blocks, then the root); a no-op without a mesh or once sharded."""
+        if self.device_mesh is not None and not is_sharded(self.lm):
+            self.lm = parallelize_lm(self.lm, self.device_mesh, self.fsdp_plan)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """FSDP reduces the LM's gradients; the replicated conditioner projections are averaged here."""
         if self.device_mesh is not None:
-            from mgen.train import parallel  # noqa: PLC0415
-
-            parallel.average_replicated_gradients(self, self.device_mesh)
+            average_replicated_gradients(self, self.device_mesh)
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
@@ -213,13 +225,10 @@ class LMModule(L.LightningModule):
         if gradient_clip_algorithm not in (None, "norm"):
             raise ValueError(f"under FSDP the LM clips gradients by norm only, got {gradient_clip_algorithm!r}")
         if gradient_clip_val:
-            from mgen.train import parallel  # noqa: PLC0415
-
-            parallel.clip_grad_norm_(self.parameters(), float(gradient_clip_val))
+            clip_grad_norm_(self.parameters(), float(gradient_clip_val))
 
     def on_fit_end(self) -> None:
-        """After sharded training rank 0 gathers the full LM, so that the export and inference see plain weights."""
-        if self.device_mesh is not None:
-            from mgen.train import parallel  # noqa: PLC0415
-
-            parallel.gather_lm_for_export(self)
+        """After sharded training rank 0 gathers the full LM, so that the export and inference see plain weights
+        (the other ranks keep their shards)."""
+        if self.device_mesh is not None and is_sharded(self.lm):
+            self.lm = gather_full_lm(self.lm)

@@ -6,7 +6,7 @@ LightningModule's hyper-parameters land beside it), the metrics against `trainer
 so a second `fit` in the same process would otherwise log into the first run. No credential is ever passed to
 W&B or written by mgen: W&B reads its key from its own login or `WANDB_API_KEY`. W&B's service records every
 `SLURM_*` variable of its environment, and `SLURM_EXPORT_ENV` holds `sbatch --export=ALL,KEY=VALUE,...`
-verbatim (tokens included), so the service is started without it (tests/test_wandb_logging.py checks that no
+verbatim (tokens included), so the service is started without it (tests/train/test_wandb_logging.py checks that no
 credential lands in a run directory).
 
 Lightning's CSV writer deletes an existing `metrics.csv` when it starts, so every resume (a re-run, a
@@ -116,14 +116,14 @@ class RunWandbLogger(WandbLogger):
     """Lightning's WandbLogger, plus the resolved recipe as config and a `finish` for the run it started."""
 
     def __init__(self, run_dir: Path, recipe: dict[str, Any], project: str):
-        import wandb  # noqa: PLC0415 - only runs that log to W&B import it
+        import wandb  # only runs that log to W&B import it
 
         super().__init__(project=project, name=run_dir.name, save_dir=str(run_dir / "logs"),
                          offline=os.environ.get("WANDB_MODE") == "offline", config={"recipe": recipe})
         self._outer_run = wandb.run  # a run the caller opened is reused by Lightning, and left open
 
     @property
-    def experiment(self):  # noqa: ANN201 - W&B's Run, or Lightning's dummy on ranks other than 0
+    def experiment(self):  # W&B's Run, or Lightning's dummy on ranks other than 0
         if self._experiment is None and rank_zero_only.rank == 0:
             with hidden_from_wandb():
                 return super().experiment
@@ -133,7 +133,7 @@ class RunWandbLogger(WandbLogger):
         """Close the W&B run this logger started (rank 0; other ranks never start one). W&B's service writes the
         offline run file in the background; with no other run open it is shut down too, so that the file is
         complete when `fit` returns (a later run starts a new service)."""
-        import wandb  # noqa: PLC0415
+        import wandb
 
         if self._experiment is not None and self._experiment is not self._outer_run:
             self._experiment.finish(exit_code=1 if failed else 0)
@@ -142,10 +142,14 @@ class RunWandbLogger(WandbLogger):
                 wandb.teardown()
 
 
-def make_loggers(run_dir: Path, recipe: dict[str, Any], wandb: bool, resumed_at: int | None = None) -> list[Logger]:
+def make_loggers(run_dir: Path, recipe: Any, wandb: bool, config: dict[str, Any] | None = None,
+                 resumed_at: int | None = None) -> list[Logger]:
+    """CSV always; W&B with `--wandb` or the typed recipe's `logger.wandb`. The W&B run's config is `config` (the
+    recipe as written, = RUN/recipe.yaml) or else the typed recipe with its defaults."""
     loggers: list[Logger] = [ResumableCSVLogger(str(run_dir / "logs"), resumed_at)]
-    if wandb or recipe.get("logger", {}).get("wandb"):
-        loggers.append(RunWandbLogger(run_dir, recipe, project=recipe.get("logger", {}).get("project", "mgen")))
+    if wandb or recipe.logger.wandb:
+        config = config if config is not None else recipe.model_dump(mode="json")
+        loggers.append(RunWandbLogger(run_dir, config, project=recipe.logger.project))
     return loggers
 
 

@@ -20,13 +20,13 @@ from mgen.audio import write_audio
 
 def log_mel_image(wav: torch.Tensor, sample_rate: int, n_fft: int = 1024, n_mels: int = 80) -> np.ndarray:
     """A log-magnitude mel spectrogram of mono audio [L] as an RGB uint8 image [mels, frames, 3] (low at bottom)."""
-    from mgen.codec.losses import mel_filterbank  # noqa: PLC0415 - one mel filterbank for the whole project
+    from mgen.dsp import mel_filterbank_htk, power_spectrogram
 
     wav = wav.detach().float().cpu().reshape(-1)
     if wav.numel() < n_fft:
         wav = torch.nn.functional.pad(wav, (0, n_fft - wav.numel()))
-    spec = torch.stft(wav, n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft), return_complex=True).abs()
-    mel = torch.log10(mel_filterbank(sample_rate, n_fft, n_mels).T @ spec.pow(2) + 1e-8)
+    power = power_spectrogram(wav, n_fft, n_fft // 4, torch.hann_window(n_fft), center=True)
+    mel = torch.log10(mel_filterbank_htk(sample_rate, n_fft, n_mels).T @ power + 1e-8)
     mel = (mel - mel.max() + 8.0).clamp(min=0) / 8.0  # 80 dB range
     x = mel.flip(0).numpy()
     # a small perceptual colormap: black -> purple -> orange -> yellow

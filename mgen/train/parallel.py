@@ -8,10 +8,12 @@
   (data-parallel size = world size, no tensor parallelism). This is what fits `medium` / `large` on 80 GB cards.
 - `auto` (default): DDP when the world size is above 1, else Lightning's single-device default.
 
-Sharding is applied here, from `LMModule.configure_model`, and never in model code (`mgen.lm` stays plain
-torch): each transformer block is one FSDP unit (its all-gather / reduce-scatter overlap with the neighbours'
-compute), then the root LM takes the rest (embeddings, final norm, heads). The conditioner's trainable
-projections are a few thousand to a few million weights used through methods other than `forward` (e.g.
+Sharding is applied from outside, the torchtitan way: `parallelize_lm(lm, mesh, plan)` takes the plain `LM` and
+returns it sharded, `gather_full_lm(lm)` gives back a plain one; `LMModule` receives its `FSDPPlan` in the
+constructor and calls them from `configure_model` / `on_fit_end`. Model code (`mgen.lm`) stays plain torch: each
+transformer block is one FSDP unit (its all-gather / reduce-scatter overlap with the neighbours' compute), then
+the root LM takes the rest (embeddings, final norm, heads). The conditioner's trainable projections are a few
+thousand to a few million weights used through methods other than `forward` (e.g.
 `MelodyConditioner.embed_chroma`), which FSDP's forward hooks would not see: they stay plain, replicated
 tensors and their gradients are averaged over the ranks before each optimiser step, like DDP would.
 
@@ -23,24 +25,24 @@ rank 0, loadable with `torch.load(weights_only=True)`, resumable under FSDP, DDP
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor, nn
+from torch.distributed._composable import checkpoint
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-if TYPE_CHECKING:
-    from torch.distributed.device_mesh import DeviceMesh
-
-    from mgen.train.lm_module import LMModule
+from mgen.lm.model import LM
 
 STRATEGIES = ("auto", "ddp", "fsdp")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-FULL_PRECISION = ("32-true", "32", 32)
 
 
 @dataclass(frozen=True)
@@ -71,58 +73,33 @@ class FSDPPlan:
             raise ValueError(f"trainer.fsdp.reshard_after_forward must be true, false or null, got "
                              f"{self.reshard_after_forward!r}")
 
-    @classmethod
-    def from_recipe(cls, section: Mapping[str, Any] | None) -> "FSDPPlan":
-        section = dict(section or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(section) - known
-        if unknown:
-            raise ValueError(f"unknown keys in LM recipe section 'trainer.fsdp': {sorted(unknown)}; "
-                             f"known: {sorted(known)}")
-        return cls(**section)
-
-    def mixed_precision(self, device_type: str):
+    def mixed_precision(self, device_type: str) -> MixedPrecisionPolicy:
         """FSDP's MixedPrecisionPolicy for weights on `device_type`."""
-        from torch.distributed.fsdp import MixedPrecisionPolicy  # noqa: PLC0415
-
         param = self.param_dtype or ("bf16" if device_type == "cuda" else "fp32")
         return MixedPrecisionPolicy(param_dtype=DTYPES[param], reduce_dtype=DTYPES[self.reduce_dtype])
 
 
-class LMShardedStrategy(ModelParallelStrategy):
-    """`ModelParallelStrategy` as pure FSDP over all ranks, writing single-file checkpoints, and carrying the
-    recipe's `FSDPPlan` to `LMModule.configure_model`, which applies it."""
-
-    def __init__(self, plan: FSDPPlan, world_size: int, **kwargs: Any):
-        super().__init__(data_parallel_size=world_size, tensor_parallel_size=1, save_distributed_checkpoint=False,
-                         **kwargs)
-        self.fsdp_plan = plan
+def sharded_strategy(world_size: int) -> ModelParallelStrategy:
+    """Lightning's `ModelParallelStrategy` as pure FSDP over all ranks, writing single-file checkpoints; it gives
+    the module a device mesh, and `LMModule.configure_model` applies its plan."""
+    return ModelParallelStrategy(data_parallel_size=world_size, tensor_parallel_size=1,
+                                 save_distributed_checkpoint=False)
 
 
-def lm_strategy_options(recipe: Mapping[str, Any], world_size: int) -> dict[str, Any]:
-    """Trainer keyword arguments for the recipe's `trainer.strategy` (nothing for one device under `auto`)."""
-    trainer_cfg = dict(recipe.get("trainer") or {})
-    strategy = trainer_cfg.get("strategy", "auto")
+def lm_strategy_options(strategy: str, world_size: int) -> dict[str, Any]:
+    """Trainer keyword arguments for a recipe's `trainer.strategy` (nothing for one device under `auto`); the
+    recipe schema has checked that fsdp goes with 32-true precision and no EMA."""
     if strategy not in STRATEGIES:
         raise ValueError(f"trainer.strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if "fsdp" in trainer_cfg and strategy != "fsdp":
-        raise ValueError(f"trainer.fsdp is set but trainer.strategy is {strategy!r}: set trainer.strategy: fsdp")
     if strategy == "fsdp":
-        if (recipe.get("ema") or {}).get("decay"):
-            raise ValueError("trainer.strategy: fsdp does not support `ema:` (the weight average would need its own "
-                             "sharded copy of the model): remove the ema section or use trainer.strategy: ddp")
-        precision = trainer_cfg.get("precision", "32-true")
-        if precision not in FULL_PRECISION:
-            raise ValueError(f"trainer.strategy: fsdp keeps trainer.precision at 32-true (got {precision!r}); "
-                             f"mixed precision comes from trainer.fsdp.param_dtype (bf16 on GPUs by default)")
-        return {"strategy": LMShardedStrategy(FSDPPlan.from_recipe(trainer_cfg.get("fsdp")), world_size)}
+        return {"strategy": sharded_strategy(world_size)}
     if strategy == "ddp" or world_size > 1:
         return {"strategy": "ddp"}
     return {}
 
 
 # ---------------------------------------------------------------------------------------------- sharding
-def data_parallel_mesh(mesh: "DeviceMesh") -> "DeviceMesh":
+def data_parallel_mesh(mesh: DeviceMesh) -> DeviceMesh:
     """The 1-D data-parallel mesh of Lightning's (data_parallel, tensor_parallel) mesh; tensor parallelism is
     not supported for the LM."""
     names = mesh.mesh_dim_names or ()
@@ -132,33 +109,27 @@ def data_parallel_mesh(mesh: "DeviceMesh") -> "DeviceMesh":
     return mesh["data_parallel"] if "data_parallel" in names else mesh
 
 
-def is_sharded(module: nn.Module) -> bool:
-    """True once `shard_lm` has been applied to an LMModule."""
-    from torch.distributed.fsdp import FSDPModule  # noqa: PLC0415
-
-    return isinstance(getattr(module, "lm", None), FSDPModule)
+def is_sharded(lm: nn.Module) -> bool:
+    """True once `parallelize_lm` has been applied to `lm`."""
+    return isinstance(lm, FSDPModule)
 
 
-def shard_lm(module: "LMModule", mesh: "DeviceMesh", plan: FSDPPlan | None = None) -> None:
-    """FSDP2 on `module.lm`: every transformer block (optionally with activation checkpointing), then the
-    root. Idempotent (Lightning may call `configure_model` once per stage)."""
-    from torch.distributed._composable import checkpoint  # noqa: PLC0415
-    from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
-
-    if is_sharded(module):
-        return
+def parallelize_lm(lm: LM, mesh: DeviceMesh, plan: FSDPPlan | None = None) -> LM:
+    """FSDP2 on a plain `LM`: every transformer block (optionally with activation checkpointing), then the root.
+    Returns the same object, now sharded (`fully_shard` changes the module's class in place)."""
     plan = plan or FSDPPlan()
     dp_mesh = data_parallel_mesh(mesh)
     options: dict[str, Any] = {"mesh": dp_mesh, "mp_policy": plan.mixed_precision(dp_mesh.device_type)}
     if plan.reshard_after_forward is not None:
         options["reshard_after_forward"] = plan.reshard_after_forward
-    for layer in module.lm.layers:
+    for layer in lm.layers:
         if plan.activation_checkpointing:
             # The composable API keeps parameter names (a wrapper module would rename them and break
             # checkpoints); applied before fully_shard so that recomputation runs on gathered weights.
             checkpoint(layer)
         fully_shard(layer, **options)
-    fully_shard(module.lm, **options)
+    fully_shard(lm, **options)
+    return lm
 
 
 def replicated_parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -167,7 +138,7 @@ def replicated_parameters(module: nn.Module) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def average_replicated_gradients(module: nn.Module, mesh: "DeviceMesh") -> None:
+def average_replicated_gradients(module: nn.Module, mesh: DeviceMesh) -> None:
     """Average the gradients of the replicated parameters over the data-parallel ranks (one all-reduce).
 
     A parameter that had no gradient on some rank counts as zero there; one that had none on any rank keeps
@@ -223,25 +194,19 @@ def clip_grad_norm_(parameters: Iterable[nn.Parameter], max_norm: float) -> Tens
 
 
 @torch.no_grad()
-def gather_lm_for_export(module: "LMModule") -> None:
-    """Replace the sharded LM by a plain one holding the full weights on rank 0 (on the CPU), so that the export
-    (written by rank 0 alone) and inference see ordinary tensors. Collective: every rank must call it; the
-    other ranks keep their shards and never hold the full model."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # noqa: PLC0415
-
-    from mgen.lm.model import LM  # noqa: PLC0415
-
-    if not is_sharded(module):
-        return
-    state = get_model_state_dict(module.lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+def gather_full_lm(lm: LM) -> LM:
+    """A plain `LM` holding the full weights (on the CPU) on rank 0, so that the export (written by rank 0 alone)
+    and inference see ordinary tensors; the other ranks get `lm` back, still sharded, and never hold the full
+    model. Collective: every rank must call it."""
+    state = get_model_state_dict(lm, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.get_rank() != 0:
-        return
+        return lm
     with torch.device("meta"):
-        plain = LM(module.lm_cfg)
+        plain = LM(lm.cfg)
     plain.load_state_dict(state, assign=True)
-    module.lm = plain.train(module.lm.training)
+    return plain.train(lm.training)
 
 
-__all__ = ["DTYPES", "STRATEGIES", "FSDPPlan", "LMShardedStrategy", "average_replicated_gradients",
-           "clip_grad_norm_", "data_parallel_mesh", "gather_lm_for_export", "is_sharded", "lm_strategy_options",
-           "replicated_parameters", "shard_lm"]
+__all__ = ["DTYPES", "STRATEGIES", "FSDPPlan", "average_replicated_gradients", "clip_grad_norm_",
+           "data_parallel_mesh", "gather_full_lm", "is_sharded", "lm_strategy_options", "parallelize_lm",
+           "replicated_parameters", "sharded_strategy"]

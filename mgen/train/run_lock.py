@@ -8,8 +8,9 @@ start time); a thread refreshes its modification time every `heartbeat_seconds()
   fails when the lock exists, so of two jobs started together exactly one wins);
 - a lock of the same Slurm job (`SLURM_JOB_ID`): a requeue of this job, possibly on another node, whose previous
   run was killed before it could release the lock; a lock of a process of this host that no longer runs (killed
-  with SIGKILL); or a lock whose heartbeat is older than twice the interval (its holder, on any host, is gone). It takes the lock over with one message: the old lock is renamed out of the way (one contender's
-  rename succeeds) and the new one created as above;
+  with SIGKILL); or a lock whose heartbeat is older than twice the interval (its holder, on any host, is gone).
+  It takes the lock over with one message: the old lock is renamed out of the way (one contender's rename
+  succeeds) and the new one created as above;
 - anything else: it refuses with a one-line error naming the holder (exit code 2 through `mgen`).
 
 No `flock`: it is unreliable on NFS and Lustre; create-exclusive and rename are atomic there. The lock is removed

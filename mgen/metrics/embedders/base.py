@@ -11,7 +11,6 @@ Weights come only from explicit local paths; `file_sha256` is what the loaders p
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch

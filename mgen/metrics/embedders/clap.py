@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from mgen.checksum import file_sha256
 from mgen.conditioning.clap import read_clap_state_dict
 from mgen.conditioning.text import check_vocabulary
+from mgen.dsp import power_spectrogram
 from mgen.errors import first_line
 from mgen.metrics.embedders.base import PUBLISHED, UNVERIFIED, AudioEmbedder, EmbedderInfo
 
@@ -177,7 +178,7 @@ def roberta_config_from_state(state: dict[str, Tensor]) -> dict[str, Any]:
 
 def htsat_base_config(text_config: dict[str, Any]) -> Any:
     """transformers' `ClapConfig` for laion's non-fusion HTSAT-base with the given RoBERTa sizes."""
-    from transformers import ClapConfig  # noqa: PLC0415 - heavy import, only when a CLAP model is built
+    from transformers import ClapConfig  # heavy import, only when a CLAP model is built
 
     return ClapConfig(text_config=dict(text_config), audio_config=dict(HTSAT_BASE), projection_dim=EMBED_DIM)
 
@@ -191,7 +192,7 @@ class ClapMelFrontend(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from transformers.audio_utils import mel_filter_bank  # noqa: PLC0415
+        from transformers.audio_utils import mel_filter_bank
 
         self.mel_bank = mel_filter_bank(num_frequency_bins=MEL["n_fft"] // 2 + 1, num_mel_filters=MEL["n_mels"],
                                         min_frequency=MEL["fmin"], max_frequency=MEL["fmax"],
@@ -199,9 +200,7 @@ class ClapMelFrontend(nn.Module):
 
     def forward(self, wav: Tensor) -> Tensor:
         window = torch.hann_window(MEL["n_fft"], periodic=True, device=wav.device)
-        spec = torch.stft(wav.float(), MEL["n_fft"], MEL["hop"], MEL["n_fft"], window, center=True,
-                          pad_mode="reflect", return_complex=True)
-        power = torch.view_as_real(spec).pow(2).sum(-1)  # [B, 513, frames], as torchlibrosa: real² + imag²
+        power = power_spectrogram(wav.float(), MEL["n_fft"], MEL["hop"], window, center=True)  # [B, 513, frames]
         mel = power.transpose(1, 2) @ torch.as_tensor(self.mel_bank, dtype=torch.float32, device=wav.device)
         return 10.0 * torch.log10(mel.clamp_min(1e-10))[:, None]
 
@@ -325,8 +324,8 @@ class ClapEmbedder(AudioEmbedder):
 
 def load_roberta_tokenizer(location: str | Path, model: nn.Module) -> Any:
     """RoBERTa's tokenizer from a folder or the HF cache ('roberta-base'), checked against the text tower."""
-    import huggingface_hub.constants  # noqa: PLC0415
-    from transformers import RobertaTokenizer  # noqa: PLC0415
+    import huggingface_hub.constants
+    from transformers import RobertaTokenizer
 
     where = str(location)
     needed = (f"CLAP needs roberta-base's vocab.json and merges.txt: pass tokenizer=PATH (a local folder) or put "
@@ -352,7 +351,7 @@ def checkpoint_name(path: Path) -> str:
 
 
 def _load_laion_file(path: Path) -> nn.Module:
-    from transformers import ClapModel  # noqa: PLC0415
+    from transformers import ClapModel
 
     state = read_clap_state_dict(path)  # torch.load(weights_only=True)
     check_laion_architecture(state, str(path))
@@ -382,7 +381,7 @@ def check_mel_bank(state: dict[str, Tensor], path: Path) -> None:
 
 
 def _load_transformers_folder(path: Path) -> tuple[nn.Module, Path]:
-    from transformers import ClapConfig, ClapModel  # noqa: PLC0415
+    from transformers import ClapConfig, ClapModel
 
     config_file = path / "config.json"
     if not config_file.is_file():

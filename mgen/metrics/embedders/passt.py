@@ -14,7 +14,6 @@ non-overlapping windows, audiocraft's protocol).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mgen.checksum import file_sha256
+from mgen.dsp import mel_filterbank_kaldi, power_spectrogram
 from mgen.metrics.embedders.base import AudioEmbedder, EmbedderInfo
 from mgen.metrics.embedders.weights import (
     check_state_dict,
@@ -55,23 +55,6 @@ VARIANTS: dict[int, tuple[int, str, str]] = {
 
 # ---- frontend -------------------------------------------------------------------------------------------------
 
-def kaldi_mel_banks(n_mels: int = MEL_BINS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE, fmin: float = 0.0,
-                    fmax: float = FMAX_HZ) -> Tensor:
-    """``[n_mels, n_fft // 2 + 1]`` kaldi triangular mel filters (mel = 1127 ln(1 + f/700), edges evenly spaced
-    in mel), in float32 as torchaudio computes them, the Nyquist column zero (hear21passt pads it)."""
-    def to_mel(hz: float) -> float:
-        return 1127.0 * math.log(1.0 + hz / 700.0)
-
-    low, high = to_mel(fmin), to_mel(fmax)
-    step = (high - low) / (n_mels + 1)
-    band = torch.arange(n_mels, dtype=torch.float32).unsqueeze(1)
-    left, center, right = low + band * step, low + (band + 1.0) * step, low + (band + 2.0) * step
-    bin_hz = (sample_rate / n_fft) * torch.arange(n_fft // 2, dtype=torch.float32)
-    bin_mel = 1127.0 * (1.0 + bin_hz / 700.0).log()
-    banks = torch.minimum((bin_mel - left) / (center - left), (right - bin_mel) / (right - center)).clamp(min=0.0)
-    return F.pad(banks, (0, 1))
-
-
 def num_mel_frames(num_samples: int) -> int:
     """Mel frames for `num_samples` (pre-emphasis drops one sample; the stft is centred)."""
     return (num_samples - 1) // HOP + 1
@@ -83,15 +66,14 @@ class PasstMel(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("window", torch.hann_window(WIN, periodic=False), persistent=False)
-        self.register_buffer("mel_banks", kaldi_mel_banks(), persistent=False)
+        self.register_buffer("mel_banks", mel_filterbank_kaldi(MEL_BINS, N_FFT, SAMPLE_RATE, 0.0, FMAX_HZ),
+                             persistent=False)
 
     def forward(self, wav: Tensor) -> Tensor:
         with torch.autocast(device_type=wav.device.type, enabled=False):
             x = wav.float()
             x = x[:, 1:] - 0.97 * x[:, :-1]
-            spec = torch.stft(x, N_FFT, hop_length=HOP, win_length=WIN, window=self.window, center=True,
-                              return_complex=True)
-            power = spec.real.square() + spec.imag.square()
+            power = power_spectrogram(x, N_FFT, HOP, self.window, center=True, win_length=WIN)
             mel = self.mel_banks @ power
             return ((mel + 1e-5).log() + 4.5) / 5.0
 

@@ -41,7 +41,7 @@ def _load_clap(weights: str | Path | None, **options: Any) -> AudioEmbedder:
     if weights is None:
         raise ValueError("the clap embedder needs weights: a laion-clap checkpoint file (the paper's is "
                          "music_audioset_epoch_15_esc_90.14.pt) or a transformers CLAP folder")
-    from mgen.metrics.embedders.clap import load_clap_embedder  # noqa: PLC0415 - optional, heavy dependencies
+    from mgen.metrics.embedders.clap import load_clap_embedder  # optional, heavy dependencies
 
     _check_options("clap", load_clap_embedder, {}, options)
     return load_clap_embedder(weights, **options)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from mgen.checksum import file_sha256
+from mgen.dsp import mel_filterbank_audioset
 from mgen.metrics.embedders.base import AudioEmbedder, EmbedderInfo
 from mgen.metrics.embedders.weights import (
     check_state_dict,
@@ -57,32 +58,14 @@ NORMALIZATIONS = ("google", "audiocraft")
 
 # ---- frontend (dtype-generic: float64 reproduces Google's numpy frontend) ------------------------------------
 
-def _hz_to_htk_mel(hz: Tensor) -> Tensor:
-    return 1127.0 * torch.log(1.0 + hz / 700.0)
-
-
-def htk_mel_matrix(dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
-    """``[FFT_SIZE // 2 + 1, MEL_BANDS]`` triangular HTK-mel weights over the rfft bins (DC row zero)."""
-    bins = FFT_SIZE // 2 + 1
-    bin_mel = _hz_to_htk_mel(torch.linspace(0.0, SAMPLE_RATE / 2, bins, dtype=torch.float64))
-    edges = torch.linspace(float(_hz_to_htk_mel(torch.tensor(MEL_LOW_HZ, dtype=torch.float64))),
-                           float(_hz_to_htk_mel(torch.tensor(MEL_HIGH_HZ, dtype=torch.float64))),
-                           MEL_BANDS + 2, dtype=torch.float64)
-    lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
-    rising = (bin_mel[:, None] - lower) / (center - lower)
-    falling = (upper - bin_mel[:, None]) / (upper - center)
-    weights = torch.minimum(rising, falling).clamp(min=0.0)
-    weights[0] = 0.0
-    return weights.to(dtype=dtype, device=device)
-
-
 def log_mel_spectrogram(wav: Tensor) -> Tensor:
     """Audio ``[..., L]`` at 16 kHz -> ``[..., frames, 64]`` log-mel, computed in ``wav``'s dtype; no padding, so
     ``frames = 1 + (L - 400) // 160``."""
     frames = wav.unfold(-1, STFT_WINDOW, STFT_HOP)
     window = torch.hann_window(STFT_WINDOW, periodic=True, dtype=wav.dtype, device=wav.device)
     magnitude = torch.fft.rfft(frames * window, n=FFT_SIZE).abs()
-    return torch.log(magnitude @ htk_mel_matrix(wav.dtype, wav.device) + LOG_OFFSET)
+    mel = mel_filterbank_audioset(SAMPLE_RATE, FFT_SIZE, MEL_BANDS, MEL_LOW_HZ, MEL_HIGH_HZ, wav.dtype, wav.device)
+    return torch.log(magnitude @ mel + LOG_OFFSET)
 
 
 def num_windows(num_samples: int) -> int:

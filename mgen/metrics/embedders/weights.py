@@ -89,7 +89,7 @@ def load_state_dict_file(path: str | Path, what: str) -> dict[str, Tensor]:
         raise FileNotFoundError(f"{what} weights not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file  # noqa: PLC0415
+            from safetensors.torch import load_file
 
             state: object = load_file(str(path))
         else:
