@@ -26,10 +26,20 @@ A0_HZ = 27.5  # chroma octave coordinate origin; 880 Hz = 5 octaves above
 def power_spectrogram(x: Tensor, n_fft: int, hop_length: int, window: Tensor, *, center: bool,
                       win_length: int | None = None) -> Tensor:
     """``|stft(x)|²`` of ``[..., L]`` (1-D or 2-D, as `torch.stft` takes) -> ``[..., n_fft // 2 + 1, frames]``;
-    centred frames are reflect-padded."""
-    spec = torch.stft(x, n_fft, hop_length=hop_length, win_length=win_length, window=window, center=center,
-                      pad_mode="reflect", return_complex=True)
+    centred frames are reflect-padded.
+
+    Half-precision input (bf16, fp16) is transformed in float32 with autocast off, and so is the window: CUDA has no
+    bf16 FFT. The result is float32 then (float64 input stays float64)."""
+    x = _fft_precision(x)
+    with torch.autocast(x.device.type, enabled=False):
+        spec = torch.stft(x, n_fft, hop_length=hop_length, win_length=win_length, window=window.to(x.dtype),
+                          center=center, pad_mode="reflect", return_complex=True)
     return spec.real.square() + spec.imag.square()
+
+
+def _fft_precision(x: Tensor) -> Tensor:
+    """`x` in a dtype every FFT backend supports: float32 unless it is float32 or float64 already."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 # ---- mel -----------------------------------------------------------------------------------------------------

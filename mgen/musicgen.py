@@ -10,6 +10,7 @@ when it exists there.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,9 +26,10 @@ from mgen.export_dir import WEIGHTS_NAME, read_export_config
 from mgen.conditioning import ConditionProvider
 from mgen.conditioning.provider import MELODY, ConditioningConfig, build_condition_provider
 from mgen.lm.generate import ProgressFn, SamplingParams, generate
-from mgen.lm.model import LM, LMConfig
+from mgen.lm.model import LM, Conditioning, LMConfig
 
 EXPORT_KIND = "mgen-lm"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_PROMPT_CHARS = 2000
 
 
@@ -44,9 +46,13 @@ class MusicGen:
                              f"{codec.n_q} x {codec.card}")
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu",
-             codec: str | Path | None = None) -> "MusicGen":
-        """The model of an export directory; `codec` (an export or a CodecModule .ckpt) replaces `path/codec`."""
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", codec: str | Path | None = None,
+             dtype: str = "fp32") -> "MusicGen":
+        """The model of an export directory; `codec` (an export or a CodecModule .ckpt) replaces `path/codec`.
+        `dtype` (fp32 | bf16 | fp16): the LM's weights and activations; the codec, the conditioners, the CFG mix
+        and sampling stay in fp32."""
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         path = Path(path)
         config, kind = read_export_config(path)
         if kind != EXPORT_KIND:
@@ -60,7 +66,9 @@ class MusicGen:
         except Exception as err:  # missing, truncated or not a safetensors file
             raise ValueError(f"{path}: cannot read {WEIGHTS_NAME} ({str(err).strip()[:300]})") from err
         model_codec = load_codec(codec if codec is not None else path / "codec")
-        return cls.from_config({**config, "conditioning": conditioning}, state, model_codec, where=path).to(device)
+        model = cls.from_config({**config, "conditioning": conditioning}, state, model_codec, where=path).to(device)
+        model.lm.to(DTYPES[dtype])
+        return model
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], state: Mapping[str, Tensor], codec: Codec,
@@ -149,8 +157,18 @@ class MusicGen:
             if prompt.shape[-1] >= frames:
                 raise ValueError(f"the prompt audio ({prompt.shape[-1] / self.codec.frame_rate:.1f} s) is not shorter "
                                  f"than the requested duration ({duration} s)")
+        conditioning = _cast(conditioning, next(self.lm.parameters()).dtype)
         generator = self._generators(seed, len(texts))
         window = max(1, round(self.max_window_seconds * self.codec.frame_rate))
         codes = generate(self.lm, frames, conditioning, prompt=prompt, params=params, batch_size=len(texts),
                          max_window=window, generator=generator, progress=progress)
         return self.codec.decode(codes, length=round(duration * self.codec.sample_rate))
+
+
+def _cast(conditioning: Conditioning, dtype: torch.dtype) -> Conditioning:
+    """The condition tensors in the LM's dtype (a bf16 / fp16 LM takes its cross-attention memory and prefix in its
+    own dtype; the conditioners that made them run in fp32). Masks stay boolean."""
+    def cast(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.to(dtype)
+
+    return dataclasses.replace(conditioning, cross=cast(conditioning.cross), prefix=cast(conditioning.prefix))

@@ -10,10 +10,12 @@ from collections.abc import Callable
 
 import torch
 
+from mgen.bench.cpu import cpu_flags
+
 
 def machine_info() -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "machine": platform.machine(), "cuda": torch.cuda.is_available()}
+            "machine": platform.machine(), "cuda": torch.cuda.is_available(), "cpu": cpu_flags()}
 
 
 def sync(device: torch.device) -> None:

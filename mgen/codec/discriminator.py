@@ -71,19 +71,22 @@ class STFTDiscriminator(nn.Module):
         self.conv_post = _conv2d(out_ch, 1, square, padding=_same_padding(square))
 
     def spectrogram(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, L]`` → ``[B, 2C, frames, freqs]`` (real and imaginary parts, time before frequency)."""
+        """``[B, C, L]`` → ``[B, 2C, frames, freqs]`` (real and imaginary parts, time before frequency), in float32
+        with autocast off whatever the input (CUDA has no bf16 FFT); the convolutions after it follow autocast."""
         b, c, length = x.shape
-        spec = torch.stft(
-            x.reshape(b * c, length),
-            self.n_fft,
-            self.hop_length,
-            self.win_length,
-            window=self.window.to(x.dtype),
-            center=False,
-            return_complex=True,
-        )
-        if self.normalized:
-            spec = spec / self.window.pow(2).sum().sqrt()
+        window = self.window.float()
+        with torch.autocast(x.device.type, enabled=False):
+            spec = torch.stft(
+                x.reshape(b * c, length).float(),
+                self.n_fft,
+                self.hop_length,
+                self.win_length,
+                window=window,
+                center=False,
+                return_complex=True,
+            )
+            if self.normalized:
+                spec = spec / window.pow(2).sum().sqrt()
         spec = spec.reshape(b, c, *spec.shape[-2:])
         return torch.cat([spec.real, spec.imag], dim=1).transpose(2, 3)
 

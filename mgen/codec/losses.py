@@ -53,14 +53,17 @@ class MelSpectrogram(nn.Module):
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 whatever the input and autocast (bf16-mixed training): no bf16 FFT on CUDA, and a bf16 filterbank
+        product would round the loss."""
         lead = x.shape[:-1]
-        x = x.reshape(-1, x.shape[-1])
-        pad = (self.n_fft - self.hop_length) // 2
-        x = F.pad(x.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
-        power = power_spectrogram(x, self.n_fft, self.hop_length, self.window.to(x.dtype), center=False)  # [N, F, T]
-        mel = torch.einsum("nft,fm->nmt", power, self.filters.to(power.dtype))
-        if self.log:
-            mel = torch.log10(self.floor_level + mel)
+        x = x.reshape(-1, x.shape[-1]).float()
+        with torch.autocast(x.device.type, enabled=False):
+            pad = (self.n_fft - self.hop_length) // 2
+            x = F.pad(x.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+            power = power_spectrogram(x, self.n_fft, self.hop_length, self.window, center=False)  # [N, F, T]
+            mel = torch.einsum("nft,fm->nmt", power, self.filters.to(power.dtype))
+            if self.log:
+                mel = torch.log10(self.floor_level + mel)
         return mel.reshape(*lead, *mel.shape[-2:])
 
 
@@ -97,7 +100,7 @@ class MultiScaleMelLoss(nn.Module):
     def forward(self, estimate: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         if estimate.shape != reference.shape:
             raise ValueError(f"mel loss needs equal shapes, got {tuple(estimate.shape)} and {tuple(reference.shape)}")
-        loss = estimate.new_zeros(())
+        loss = estimate.new_zeros((), dtype=torch.float32)  # the mels are float32 whatever the input
         for lin, log, alpha in zip(self.linear, self.logs, self.alphas):
             loss = loss + F.l1_loss(lin(estimate), lin(reference))
             loss = loss + alpha * F.mse_loss(log(estimate), log(reference))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 
 
@@ -12,7 +13,7 @@ def _lm_train(args: argparse.Namespace) -> dict:
     from mgen.bench.lm_train import run_lm_train_bench
 
     return run_lm_train_bench(vs_transformers=args.vs == "transformers", smoke=args.smoke,
-                              repeats=args.repeats, device=args.device)
+                              repeats=args.repeats, device=args.device, precision=args.precision)
 
 
 def _generate(args: argparse.Namespace) -> dict:
@@ -42,10 +43,12 @@ def _read(args: argparse.Namespace) -> dict:
 
 
 MODEL_FLAGS = ("--vs", "--smoke", "--repeats", "--device")
+PRECISIONS = ("32-true", "bf16-mixed")  # mgen.bench.lm_train.PRECISIONS (not imported: it imports torch)
 
 # name -> (help, run, the flags it acts on)
 BENCHES: dict[str, tuple[str, Callable[[argparse.Namespace], dict], tuple[str, ...]]] = {
-    "lm-train": ("LM training step (forward, loss, backward, AdamW) in tokens/s", _lm_train, MODEL_FLAGS),
+    "lm-train": ("LM training step (forward, loss, backward, AdamW) in tokens/s", _lm_train,
+                 MODEL_FLAGS + ("--precision",)),
     "generate": ("guided LM generation (CFG 3, top-k 250) in frames/s", _generate, MODEL_FLAGS),
     "codec": ("codec encode/decode real-time factor (paper-32khz)", _codec, MODEL_FLAGS),
     "shards": ("shard-writing throughput in audio-minutes per second", _shards, ("--smoke",)),
@@ -66,4 +69,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (median reported)")
         if "--device" in flags:
             p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
-        p.set_defaults(func=lambda args, fn=fn: print(json.dumps(fn(args))) or 0)
+        if "--precision" in flags:
+            p.add_argument("--precision", choices=PRECISIONS, default="32-true",
+                           help="32-true: fp32; bf16-mixed: forward and loss under torch.autocast(bfloat16), "
+                                "both implementations")
+        p.set_defaults(func=lambda args, fn=fn: _run(fn, args))
+
+
+def _run(fn: Callable[[argparse.Namespace], dict], args: argparse.Namespace) -> int:
+    """Print the CPU flags line on stderr and the benchmark's JSON line on stdout."""
+    from mgen.bench.cpu import cpu_flags_line
+
+    print(cpu_flags_line(), file=sys.stderr)
+    print(json.dumps(fn(args)))
+    return 0

@@ -83,12 +83,12 @@ def sample_next_tokens(logits: Tensor, params: SamplingParams, generator: Genera
 
 def _guided_logits(lm: LM, sequence: Tensor, conditioning: Conditioning | None, params: SamplingParams,
                    cache, offset: int) -> Tensor:
-    """Logits of the last step, CFG applied when the batch was doubled."""
+    """Logits of the last step in fp32 (whatever the LM's dtype), CFG applied when the batch was doubled."""
     if params.uses_cfg and conditioning is not None:
-        logits = lm(torch.cat([sequence, sequence]), conditioning, cache, offset)[:, :, -1]
+        logits = lm(torch.cat([sequence, sequence]), conditioning, cache, offset)[:, :, -1].float()
         cond, uncond = logits.chunk(2)
         return uncond + params.cfg_coef * (cond - uncond)
-    return lm(sequence, conditioning, cache, offset)[:, :, -1]
+    return lm(sequence, conditioning, cache, offset)[:, :, -1].float()
 
 
 @torch.no_grad()

@@ -215,9 +215,8 @@ class LM(nn.Module):
             # the prefix keys stay masked for every later step too
             seq_mask = torch.ones(b, offset + x.shape[1] - cond.prefix_mask.shape[1], dtype=torch.bool,
                                   device=x.device)
+            # kept even when all True (the same attention as none): checking would stall the host on every step
             key_mask = torch.cat([cond.prefix_mask.to(x.device), seq_mask], dim=1)
-            if bool(key_mask.all()):
-                key_mask = None
         positions = torch.arange(offset, offset + x.shape[1], device=x.device)
         x = x + sinusoidal_embedding(positions, self.cfg.dim, self.cfg.max_period).to(x.dtype)
         if self.cfg.cross_attention and cond.cross is None:
@@ -260,15 +259,24 @@ def cross_entropy_per_codebook(logits: Tensor, codes: Tensor, mask: Tensor,
     [B, T] (real audio frames). Invalid positions never touch the loss, NaN filler included.
     Returns (loss, per_codebook [K]).
     """
-    valid = _valid_targets(logits, mask, padding_mask)
-    per_codebook = []
+    sums, counts = _masked_cross_entropy_sums(logits, codes, _valid_targets(logits, mask, padding_mask))
+    per_codebook = sums / counts.clamp(min=1)  # a codebook without any valid target counts 0
+    return per_codebook.mean(), per_codebook
+
+
+def _masked_cross_entropy_sums(logits: Tensor, codes: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Per codebook, the float32 cross-entropy summed over the valid [B, K, T] positions and their number ([K] each).
+
+    A weighted sum over all positions rather than boolean indexing, whose output size the host would have to wait
+    for on every step; invalid logits (NaN filler included) are replaced by zeros so that they reach neither the sum
+    nor the gradient."""
+    sums = []
     for q in range(logits.shape[1]):
         sel = valid[:, q]
-        ce = F.cross_entropy(logits[:, q][sel].float(), codes[:, q][sel], reduction="mean") if sel.any() \
-            else logits.new_zeros(())
-        per_codebook.append(ce)
-    per_codebook_t = torch.stack(per_codebook)
-    return per_codebook_t.mean(), per_codebook_t
+        logit = torch.where(sel[..., None], logits[:, q], 0.0).float()  # [B, T, card]
+        ce = F.cross_entropy(logit.flatten(0, 1), torch.where(sel, codes[:, q], 0).flatten(), reduction="none")
+        sums.append((ce * sel.flatten()).sum())
+    return torch.stack(sums), valid.sum(dim=(0, 2))
 
 
 def cross_entropy_sums(logits: Tensor, codes: Tensor, mask: Tensor,
@@ -276,10 +284,7 @@ def cross_entropy_sums(logits: Tensor, codes: Tensor, mask: Tensor,
     """Per codebook: the summed cross-entropy over valid positions and their number (both ``[K]``), so that means
     over many batches (and ranks) weight every token once: ``sum(sums) / sum(counts)``. Same arguments as
     :func:`cross_entropy_per_codebook`."""
-    valid = _valid_targets(logits, mask, padding_mask)
-    sums = torch.stack([F.cross_entropy(logits[:, q][valid[:, q]].float(), codes[:, q][valid[:, q]], reduction="sum")
-                        for q in range(logits.shape[1])])
-    return sums, valid.sum(dim=(0, 2))
+    return _masked_cross_entropy_sums(logits, codes, _valid_targets(logits, mask, padding_mask))
 
 
 def build_lm(cfg: LMConfig | str, **overrides: Any) -> LM:

@@ -9,6 +9,7 @@ the device itself.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -58,6 +59,43 @@ def _bias_mask(q_len: int, k_len: int, causal: bool, key_mask: Tensor | None, de
     return ((k_pos <= q_pos)[None, None] & km) | (k_pos == q_pos)[None, None]
 
 
+def xformers_bias(q_len: int, k_len: int, causal: bool, key_mask: Tensor, num_heads: int,
+                  dtype: torch.dtype) -> Tensor:
+    """Additive attention bias [B, num_heads, q_len, k_len] for xformers: -inf where attention is not allowed
+    (`_bias_mask`, the causal part included when `causal`), 0 elsewhere.
+
+    One [B, 1, q_len, ceil8(k_len)] tensor is allocated and expanded over the heads (stride 0): a dense per-head bias
+    would be H times larger, and autograd keeps it for the backward of every layer. xformers wants the last dimension
+    allocated with a multiple of 8 elements, hence the padded storage viewed at k_len.
+    """
+    b = key_mask.shape[0]
+    allowed = _bias_mask(q_len, k_len, causal, key_mask, key_mask.device)  # [B, 1, 1 | q_len, k_len]
+    bias = torch.zeros(b, 1, q_len, -(-k_len // 8) * 8, dtype=dtype, device=key_mask.device)[..., :k_len]
+    bias.masked_fill_(~allowed, float("-inf"))
+    return bias.expand(b, num_heads, q_len, k_len)
+
+
+# the last bias built, as (weak ref to its key mask, its parameters, weak ref to the bias); see _shared_xformers_bias
+_last_bias: tuple[weakref.ref, tuple, weakref.ref] | None = None
+
+
+def _shared_xformers_bias(q_len: int, k_len: int, causal: bool, key_mask: Tensor, num_heads: int,
+                          dtype: torch.dtype) -> Tensor:
+    """`xformers_bias`, built once per forward pass: the layers of a model get the same key mask tensor, and while
+    the first layer's graph keeps the bias for backward the next layers reuse it instead of holding a copy each.
+    Only weak references are kept, so nothing outlives the forward (and its graph) that uses it."""
+    global _last_bias
+    params = (q_len, k_len, causal, num_heads, dtype, key_mask._version)
+    if _last_bias is not None:
+        mask_ref, last_params, bias_ref = _last_bias
+        bias = bias_ref()
+        if mask_ref() is key_mask and last_params == params and bias is not None:
+            return bias
+    bias = xformers_bias(q_len, k_len, causal, key_mask, num_heads, dtype)
+    _last_bias = (weakref.ref(key_mask), params, weakref.ref(bias))
+    return bias
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_mask: Tensor | None = None,
               backend: str = "auto") -> Tensor:
     """Scaled dot-product attention.
@@ -75,10 +113,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, key_mask: T
         xops = _xformers_ops()
         bias = None
         if key_mask is not None:
-            allowed = _bias_mask(q_len, k_len, causal, key_mask, q.device).expand(q.shape[0], q.shape[1], q_len, k_len)
-            # xformers wants the bias's last dimension allocated with a multiple of 8 elements
-            padded = q.new_zeros(q.shape[0], q.shape[1], q_len, -(-k_len // 8) * 8)[..., :k_len]
-            bias = padded.masked_fill_(~allowed, float("-inf"))
+            bias = _shared_xformers_bias(q_len, k_len, causal, key_mask.to(q.device), q.shape[1], q.dtype)
         elif causal and q_len > 1:
             bias = xops.fmha.attn_bias.LowerTriangularFromBottomRightMask()
         out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias)

@@ -73,6 +73,7 @@ def _fit(recipe: dict[str, Any] | str | Path, run_dir: str | Path, data: str | N
         raise ValueError("no training data: pass --data SHARDS_DIR or set data.shards in the recipe")
     run_dir = Path(run_dir)
     L.seed_everything(typed.seed, workers=True)
+    set_tf32(typed.trainer.tf32)
     builder = TASK_BUILDERS[typed.task]
     module, datamodule, callbacks = builder.build(typed, run_dir)
     callbacks = [ExactResume(), *callbacks]  # first: it must see each batch before a callback saves a checkpoint
@@ -84,6 +85,15 @@ def _fit(recipe: dict[str, Any] | str | Path, run_dir: str | Path, data: str | N
     finally:
         if lock is not None:
             lock.release()
+
+
+def set_tf32(enabled: bool) -> None:
+    """`trainer.tf32`: fp32 matmuls and convolutions in TF32 on Ampere+ GPUs (Lightning's advice; ~10-bit mantissa
+    inputs, fp32 accumulation). CPUs are left alone: their fp32 kernels have no TF32 and other settings could change
+    CPU results."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
 
 
 def make_trainer(recipe: Recipe, builder: Any, datamodule: L.LightningDataModule, callbacks: list[L.Callback],

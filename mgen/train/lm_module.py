@@ -99,7 +99,9 @@ class LMModule(L.LightningModule):
         if "codes" in batch:
             return batch["codes"].long(), batch["padding_mask"].bool()
         codec = self.codec()
-        codes = codec.encode(batch["audio"].to(self.device), sample_rate=codec.sample_rate)
+        # fp32 with autocast off: under bf16-mixed the RVQ nearest-codeword search would pick other codes
+        with torch.autocast(self.device.type, enabled=False):
+            codes = codec.encode(batch["audio"].to(self.device).float(), sample_rate=codec.sample_rate)
         hop = codec.hop_length
         mask = batch["padding_mask"].bool()
         frames = mask[:, ::hop][:, : codes.shape[-1]]
@@ -126,19 +128,28 @@ class LMModule(L.LightningModule):
         return float(getattr(dm, "frame_rate", 50.0))
 
     # -------------------------------------------------------------------------------------- training
-    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, per-codebook loss [K], number of target tokens as a 0-d tensor), without waiting on the device."""
         codes, padding = self.tokens_of(batch)
         if codes.shape[1] != self.lm_cfg.n_q:
             raise ValueError(f"the data has {codes.shape[1]} codebooks, the LM models {self.lm_cfg.n_q}")
         cond = self.conditioning_of(batch, codes.shape[0])
         logits, mask = self.lm.compute_predictions(codes, cond)
         loss, per_codebook = cross_entropy_per_codebook(logits, codes, mask, padding)
-        if not torch.isfinite(loss):
+        return loss, per_codebook, padding.sum() * codes.shape[1]
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        """Stop on a non-finite loss. Reading the loss makes the host wait for the device, so it is checked on the
+        steps the trainer logs only (every `log_every_n_steps`): a NaN spreads into the weights and stays, so it is
+        still caught, at most that many steps later."""
+        trainer = self._trainer
+        every = getattr(trainer, "log_every_n_steps", 1) if trainer is not None else 1
+        if self.global_step % max(1, every) == 0 and not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite LM loss {loss.item()} at step {self.global_step}")
-        return loss, per_codebook, int(padding.sum()) * codes.shape[1]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, per_codebook, tokens = self._loss(batch)
+        self._check_finite(loss)
         logs = {"train/ce": loss.detach(), "train/ppl": loss.detach().exp()}
         for q, ce in enumerate(per_codebook.detach()):
             logs[f"train/ce_q{q}"] = ce
@@ -146,11 +157,11 @@ class LMModule(L.LightningModule):
         now = time.perf_counter()
         if self._last_time is not None:
             seconds = now - self._last_time
-            logs["train/tokens_per_s"] = torch.tensor(tokens / seconds)
+            logs["train/tokens_per_s"] = tokens / seconds
             if self.train_cfg.peak_flops:
                 seq = batch["codes"].shape[-1] if "codes" in batch else 1
                 flops = lm_flops_per_token(self.lm_cfg, seq) * tokens / self.lm_cfg.n_q
-                logs["train/mfu"] = torch.tensor(flops / seconds / self.train_cfg.peak_flops)
+                logs["train/mfu"] = flops / seconds / self.train_cfg.peak_flops
         self._last_time = now
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=per_codebook.numel())
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, batch_size=1)

@@ -58,16 +58,17 @@ def log_audio_examples(loggers: list, key: str, wavs: list[torch.Tensor], sample
                        captions: list[str] | None = None) -> list[Path]:
     """Log audio [C, L] examples with their spectrograms; returns the files written."""
     written: list[Path] = []
+    wavs = [w.detach().float().cpu() for w in wavs]  # float32 first: numpy has no bf16, and a bf16 mean rounds
     images = [log_mel_image(w.mean(0), sample_rate) for w in wavs]
     captions = captions or [f"{key} {i}" for i in range(len(wavs))]
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_audio(key=key, audios=[w.detach().float().cpu().mean(0).numpy() for w in wavs], step=step,
+            logger.log_audio(key=key, audios=[w.mean(0).numpy() for w in wavs], step=step,
                              sample_rate=[sample_rate] * len(wavs), caption=captions)
             logger.log_image(key=f"{key}/spectrogram", images=images, step=step, caption=captions)
         elif isinstance(logger, TensorBoardLogger):
             for i, (w, img) in enumerate(zip(wavs, images)):
-                logger.experiment.add_audio(f"{key}/{i}", w.detach().float().cpu().mean(0), step, sample_rate)
+                logger.experiment.add_audio(f"{key}/{i}", w.mean(0), step, sample_rate)
                 logger.experiment.add_image(f"{key}/{i}/spectrogram", img, step, dataformats="HWC")
     folder = _media_dir(loggers[0]) if loggers else Path("media")
     folder.mkdir(parents=True, exist_ok=True)

@@ -104,11 +104,26 @@ class CodecData(DataSection):
     epoch_length: PositiveInt | None = 1000
 
 
+def _precision(value: Any) -> Any:
+    """Lightning's names for what mgen trains with; `*-true` half precision is refused because it would store the
+    weights, the optimiser state, checkpoints and exports in 16 bits."""
+    if value in (32, "32"):
+        return "32-true"
+    if value in ("bf16-true", "16-true", "bf16", "16"):
+        raise ValueError(f"{value!r} would keep the weights and the optimiser state in 16 bits (and write them so): "
+                         "use bf16-mixed (autocast, fp32 weights) or 32-true")
+    return value
+
+
+Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
+
+
 class TrainerSection(_Section):
     """The run's length and rhythm, counted in optimiser steps (a codec step is one generator update)."""
 
     max_steps: PositiveInt = 1_000_000
-    precision: Union[str, int] = "32-true"
+    precision: Annotated[Precision, BeforeValidator(_precision)] = "32-true"
+    tf32: bool = True  # fp32 matmuls and convolutions on Ampere+ GPUs use TF32 (no effect on CPUs)
     val_every_n_steps: PositiveInt | None = 200  # null: at every epoch end
     limit_val_batches: Union[NonNegativeInt, Annotated[float, Field(ge=0.0, le=1.0)]] = 4
     log_every_n_steps: PositiveInt = 10
@@ -203,7 +218,7 @@ class LMRecipe(_Section):
         if trainer.strategy == "fsdp" and self.ema.decay:
             raise ValueError("trainer.strategy: fsdp does not support `ema:` (the weight average would need its own "
                              "sharded copy of the model): remove the ema section or use trainer.strategy: ddp")
-        if trainer.strategy == "fsdp" and trainer.precision not in ("32-true", "32", 32):
+        if trainer.strategy == "fsdp" and trainer.precision != "32-true":
             raise ValueError(f"trainer.strategy: fsdp keeps trainer.precision at 32-true (got "
                              f"{trainer.precision!r}); mixed precision comes from trainer.fsdp.param_dtype")
         if trainer.val_every_n_steps is None and self.data.resampled and self.data.epoch_length is None:

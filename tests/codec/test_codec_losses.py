@@ -177,3 +177,25 @@ def test_balancer_rejects_unknown_losses():
     y = torch.randn(4, requires_grad=True)
     with pytest.raises(ValueError, match="no weight"):
         LossBalancer({"a": 1.0}).backward({"b": y.sum()}, y)
+
+
+def test_mel_loss_runs_in_fp32_for_bf16_input_and_under_autocast(stft_calls):
+    """bf16-mixed codec training: CUDA has no bf16 FFT, so the STFT (window included) and the mel are float32."""
+    torch.manual_seed(0)
+    loss = MultiScaleMelLoss(SR)
+    x = 0.1 * torch.randn(2, 1, 4000)
+    y = x + 0.01 * torch.randn_like(x)
+    reference = loss(y, x)
+    stft_calls.clear()
+    y16 = y.to(torch.bfloat16).requires_grad_(True)
+    of_bf16 = loss(y16, x.to(torch.bfloat16))
+    assert of_bf16.dtype == torch.float32
+    torch.testing.assert_close(of_bf16, loss(y.to(torch.bfloat16).float(), x.to(torch.bfloat16).float()))
+    of_bf16.backward()
+    assert y16.grad.dtype == torch.bfloat16 and torch.isfinite(y16.grad.float()).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = loss(y, x)
+        mel = MelSpectrogram(SR, 1024, 256, n_mels=64, f_min=64.0, log=True)(y)
+    assert mel.dtype == torch.float32 and torch.isfinite(mixed)
+    torch.testing.assert_close(mixed, reference, rtol=1e-5, atol=1e-6)
+    assert stft_calls and all(c == (torch.float32, torch.float32, False) for c in stft_calls)

@@ -86,3 +86,23 @@ def test_one_gan_step_updates_generator_and_discriminator():
     before = codec.decoder.layers[0].conv.parametrizations.weight.original1.detach().clone()
     opt_g.step()
     assert not torch.equal(before, codec.decoder.layers[0].conv.parametrizations.weight.original1)
+
+
+def test_discriminator_stft_is_fp32_for_bf16_input_and_under_autocast(stft_calls):
+    """CUDA has no bf16 FFT: the STFT runs in float32 with autocast off; the convolutions after it follow autocast."""
+    torch.manual_seed(0)
+    disc = MultiScaleSTFTDiscriminator(filters=4, n_ffts=(512, 256))
+    wav = 0.1 * torch.randn(2, 1, 4096)
+    rounded = wav.to(torch.bfloat16)
+    logits, fmaps = disc(rounded)  # fp32 weights, no autocast: bf16 audio is transformed and judged in fp32
+    expected, _ = disc(rounded.float())
+    for a, b in zip(logits, expected):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b)
+    reference, _ = disc(wav)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, _ = disc(wav)
+    for a, b in zip(mixed, reference):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a.float(), b, rtol=0.05, atol=0.05 * float(b.detach().abs().max()))
+    assert stft_calls and all(c == (torch.float32, torch.float32, False) for c in stft_calls)

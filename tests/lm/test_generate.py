@@ -283,3 +283,40 @@ def test_export_whose_text_encoder_has_custom_code_is_refused(export_dir: Path, 
     assert err[-1].startswith("mgen generate: error:") and "auto_map" in err[-1], result.stderr
     assert "Traceback" not in result.stderr and "Do you wish to run the custom code" not in result.stdout
     assert not marker.exists() and not (tmp_path / "a.wav").exists()
+
+
+def test_half_precision_lm_generates_with_fp32_codec_conditioners_and_guidance(export_dir: Path, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`MusicGen.load(dtype="bf16")` / `mgen generate --dtype bf16`: the LM runs in bf16, everything around it in
+    fp32; the CFG mix sees fp32 logits; greedy codes mostly agree with the fp32 model's (bf16 rounding)."""
+    from mgen.cli import main
+    from mgen.lm import generate as generation
+    from mgen.musicgen import MusicGen, _cast
+
+    fp32 = MusicGen.load(export_dir)
+    bf16 = MusicGen.load(export_dir, dtype="bf16")
+    assert {p.dtype for p in bf16.lm.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in bf16.codec.parameters()} == {p.dtype for p in bf16.conditioner.parameters()} == {
+        torch.float32}
+    seen: list[torch.dtype] = []
+    guided = generation._guided_logits
+
+    def spy(*args, **kwargs):
+        logits = guided(*args, **kwargs)
+        seen.append(logits.dtype)
+        return logits
+
+    monkeypatch.setattr(generation, "_guided_logits", spy)
+    codes = {}
+    for name, model in (("fp32", fp32), ("bf16", bf16)):
+        cond = _cast(model.conditioner(texts=["a calm piano"]), next(model.lm.parameters()).dtype)
+        codes[name] = generation.generate(model.lm, 20, cond, params=generation.SamplingParams(greedy=True))
+    assert set(seen) == {torch.float32}
+    assert codes["bf16"].shape == codes["fp32"].shape
+    assert (codes["bf16"] == codes["fp32"]).float().mean() > 0.5
+    audio = bf16.generate(["a calm piano"], duration=0.2, seed=0)
+    assert audio.dtype == torch.float32 and torch.isfinite(audio).all()
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        MusicGen.load(export_dir, dtype="int8")
+    out = tmp_path / "half.wav"
+    assert main(generate_cli(export_dir, out, "--dtype", "bf16")) == 0 and out.is_file()

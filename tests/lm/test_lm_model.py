@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from mgen.lm.model import LM, Conditioning, LMConfig, count_parameters, cross_entropy_per_codebook
-from mgen.lm.transformer import attention, select_backend
+from mgen.lm.model import LM, Conditioning, LMConfig, count_parameters, cross_entropy_per_codebook, cross_entropy_sums
+from mgen.lm.transformer import _shared_xformers_bias, attention, select_backend, xformers_bias
 
 
 def tiny(**overrides) -> LM:
@@ -205,3 +205,74 @@ def test_config_round_trip() -> None:
     assert LMConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown LMConfig fields"):
         LMConfig.from_dict({**cfg.to_dict(), "depth": 3})
+
+
+@pytest.mark.parametrize("causal,q_len,k_len", [(True, 5, 5), (True, 2, 11), (False, 5, 11)])
+def test_xformers_bias_is_one_head_expanded(causal: bool, q_len: int, k_len: int) -> None:
+    """The bias xformers gets is [B, H, Sq, Sk] over one [B, 1, Sq, ceil8(Sk)] allocation (stride 0 over heads)."""
+    b, heads = 2, 6
+    key_mask = torch.ones(b, k_len, dtype=torch.bool)
+    key_mask[0, :3] = False
+    bias = xformers_bias(q_len, k_len, causal, key_mask, heads, torch.bfloat16)
+    padded = -(-k_len // 8) * 8
+    assert bias.shape == (b, heads, q_len, k_len) and bias.dtype == torch.bfloat16
+    assert bias.stride() == (q_len * padded, 0, padded, 1)
+    assert bias.untyped_storage().nbytes() == b * q_len * padded * bias.element_size()
+    q_pos = torch.arange(k_len - q_len, k_len)[:, None]
+    k_pos = torch.arange(k_len)[None, :]
+    allowed = key_mask[:, None, None, :].expand(b, heads, q_len, k_len)
+    if causal:  # bottom-right causal, and a query always sees itself
+        allowed = (allowed & (k_pos <= q_pos)) | (k_pos == q_pos)
+    assert torch.equal(bias == float("-inf"), ~allowed) and bool((bias[allowed] == 0).all())
+    # the additive bias gives the attention of the boolean mask
+    torch.manual_seed(0)
+    q, k, v = torch.randn(b, heads, q_len, 8), torch.randn(b, heads, k_len, 8), torch.randn(b, heads, k_len, 8)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(8) + xformers_bias(q_len, k_len, causal, key_mask, heads,
+                                                                      torch.float32)
+    torch.testing.assert_close(scores.softmax(-1) @ v, attention(q, k, v, causal, key_mask, backend="math"))
+
+
+def test_xformers_bias_is_shared_by_the_layers_of_one_forward() -> None:
+    key_mask = torch.tensor([[False, True, True, True], [True] * 4])
+    first = _shared_xformers_bias(4, 4, True, key_mask, 2, torch.float32)
+    assert _shared_xformers_bias(4, 4, True, key_mask, 2, torch.float32) is first
+    assert _shared_xformers_bias(4, 4, True, key_mask.clone(), 2, torch.float32) is not first
+    assert _shared_xformers_bias(4, 4, True, key_mask, 2, torch.float32) is not first  # cache holds the latest only
+    key_mask[1, 0] = False  # changed in place: rebuilt
+    assert bool(_shared_xformers_bias(4, 4, True, key_mask, 2, torch.float32)[1, :, 1, 0].isinf().all())
+
+
+def test_all_true_prefix_mask_is_the_same_as_no_mask() -> None:
+    lm = tiny(cross_attention=False)
+    seq = torch.randint(0, 33, (2, 4, 6))
+    prefix = torch.randn(2, 3, 64)
+    with torch.no_grad():
+        masked = lm(seq, Conditioning(prefix=prefix, prefix_mask=torch.ones(2, 3, dtype=torch.bool)))
+        torch.testing.assert_close(masked, lm(seq, Conditioning(prefix=prefix)))
+
+
+def test_masked_loss_matches_selecting_the_valid_positions() -> None:
+    """The loss is a weighted sum (no boolean indexing, no host sync): same values and gradients as selecting."""
+    torch.manual_seed(0)
+    b, k, t, card = 3, 4, 5, 16
+    logits = torch.randn(b, k, t, card)
+    codes = torch.randint(0, card, (b, k, t))
+    mask = torch.ones(k, t, dtype=torch.bool)
+    mask[3] = False  # a codebook without any target: counts 0
+    mask[1, -2:] = False
+    logits[:, ~mask] = float("nan")
+    padding = torch.ones(b, t, dtype=torch.bool)
+    padding[2, 2:] = False
+    logits.requires_grad_(True)
+    loss, per_codebook = cross_entropy_per_codebook(logits, codes, mask, padding)
+    valid = mask[None] & padding[:, None]
+    expected = [torch.nn.functional.cross_entropy(logits[:, q][valid[:, q]], codes[:, q][valid[:, q]])
+                if valid[:, q].any() else torch.zeros(()) for q in range(k)]
+    torch.testing.assert_close(per_codebook, torch.stack(expected))
+    (grad,) = torch.autograd.grad(loss, logits)
+    (expected_grad,) = torch.autograd.grad(torch.stack(expected).mean(), logits)
+    assert torch.isfinite(grad).all() and bool((grad[~valid[..., None].expand_as(grad)] == 0).all())
+    torch.testing.assert_close(grad, expected_grad)
+    sums, counts = cross_entropy_sums(logits, codes, mask, padding)
+    torch.testing.assert_close(sums / counts.clamp(min=1), per_codebook)
+    assert counts.tolist() == [12, 8, 12, 0]

@@ -171,3 +171,48 @@ def test_lm_recipe_typos_are_errors(token_shards: Path, tmp_path: Path) -> None:
     bad["sampels"] = {"count": 2}
     with pytest.raises(ValueError, match="unknown key sampels; known: codec, conditioning"):
         fit(bad, tmp_path / "run")
+
+
+def test_audio_batches_are_tokenized_in_fp32_under_bf16_autocast(tmp_path: Path) -> None:
+    """bf16-mixed training must not change the codes of audio batches: the RVQ search runs in fp32."""
+    from mgen.codec.checkpoint import save_codec
+    from mgen.codec.model import Codec
+
+    torch.manual_seed(0)
+    codec = Codec.from_preset("tiny")
+    wav = 0.1 * torch.randn(4, 1, codec.hop_length * 50)
+    with torch.no_grad():  # k-means codebooks from the latents, so that the codes spread and rounding can move them
+        codec.train()
+        codec.quantizer(codec.encoder(wav))
+    codec.eval()
+    save_codec(codec, tmp_path / "codec")
+    with torch.no_grad():
+        expected = codec.encode(wav, sample_rate=codec.sample_rate)
+    assert expected.unique().numel() > 50
+    module = LMModule(LMConfig.preset("tiny", n_q=4, card=256, cross_attention=False),
+                      ConditioningConfig(text=False, melody=True), codec_path=str(tmp_path / "codec"))
+    batch = {"audio": wav.to(torch.bfloat16), "padding_mask": torch.ones(4, wav.shape[-1], dtype=torch.bool)}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        codes, frames = module.tokens_of({**batch, "audio": wav})
+        codes_of_bf16, _ = module.tokens_of(batch)
+    assert torch.equal(codes, expected) and frames.shape == (4, 50) and bool(frames.all())
+    # bf16 audio is upcast first: the codes are those of the rounded audio encoded in fp32
+    with torch.no_grad():
+        assert torch.equal(codes_of_bf16, codec.encode(wav.to(torch.bfloat16).float(), sample_rate=codec.sample_rate))
+
+
+def test_non_finite_loss_is_checked_on_logged_steps_only() -> None:
+    """The check reads the loss on the host, which waits for the device: only every log_every_n_steps."""
+    from types import SimpleNamespace
+
+    module = LMModule(LMConfig(dim=64, num_heads=2, num_layers=1, card=32, n_q=4, cross_attention=False),
+                      ConditioningConfig(text=False, melody=True))
+    nan = torch.tensor(float("nan"))
+    module._check_finite(torch.tensor(1.0))
+    with pytest.raises(FloatingPointError, match="non-finite LM loss nan at step 0"):
+        module._check_finite(nan)  # no trainer: every step
+    module._trainer = SimpleNamespace(log_every_n_steps=5, global_step=3)
+    module._check_finite(nan)  # not a logged step: not read
+    module._trainer.global_step = 10
+    with pytest.raises(FloatingPointError, match="at step 10"):
+        module._check_finite(nan)
