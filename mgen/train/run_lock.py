@@ -33,6 +33,9 @@ from mgen.atomic import pid_alive, temporary_name
 LOCK_NAME = ".lock"
 HEARTBEAT_S = 30.0
 HEARTBEAT_ENV = "MGEN_LOCK_HEARTBEAT_S"
+TAKEOVER_NAME = ".lock.takeover"  # the takeover mutex, a directory that exists only during a takeover
+TAKEOVER_STALE_S = 30.0
+ACQUIRE_TIMEOUT_S = 60.0
 
 
 def heartbeat_seconds() -> float:
@@ -108,25 +111,47 @@ class RunLock:
             return f"its heartbeat is {age:.0f} s old (> 2 x {self.interval:g} s): its process is gone"
         return None
 
-    def _take_over(self, holder: dict[str, Any]) -> None:
-        """Rename the stale lock out of the way. Of contenders racing here one rename succeeds; should it move a lock
-        newer than the one judged (another contender's, just created), that lock is put back."""
-        aside = temporary_name(self.path)
+    def _take_over(self, holder: dict[str, Any], note: str) -> None:
+        """Rename the stale lock out of the way, one taker at a time: a takeover mutex (`mkdir`, atomic on NFS and
+        Lustre) serialises the contenders that judged it stale, and under it the lock is moved only while it is still
+        the one judged (same token), so a taker never moves the lock another contender has just made. Should it
+        still move a newer lock (its holder released the stale one and a new one appeared in between), that lock is
+        put back."""
+        mutex = self.run_dir / TAKEOVER_NAME
         try:
-            os.replace(self.path, aside)
-        except FileNotFoundError:
-            return  # another contender moved it: compete for the creation
-        moved = _read(aside)
-        if moved is not None and moved[0].get("token") != holder.get("token"):
+            mutex.mkdir()
+        except FileExistsError:  # another taker is at it: judge the lock again once it is done
             try:
-                os.link(aside, self.path)
-            except FileExistsError:
+                if time.time() - mutex.stat().st_mtime > TAKEOVER_STALE_S:
+                    mutex.rmdir()  # left by a taker killed in the middle of a takeover
+            except OSError:
                 pass
-        aside.unlink(missing_ok=True)
+            time.sleep(0.01)
+            return
+        try:
+            found = _read(self.path)
+            if found is None or found[0].get("token") != holder.get("token"):
+                return  # taken over or released meanwhile
+            print(note, flush=True)
+            aside = temporary_name(self.path)
+            try:
+                os.replace(self.path, aside)
+            except FileNotFoundError:
+                return
+            moved = _read(aside)
+            if moved is not None and moved[0].get("token") != holder.get("token"):
+                try:
+                    os.link(aside, self.path)
+                except FileExistsError:
+                    pass
+            aside.unlink(missing_ok=True)
+        finally:
+            mutex.rmdir()
 
     def acquire(self) -> "RunLock":
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for _ in range(100):
+        deadline = time.monotonic() + ACQUIRE_TIMEOUT_S
+        while time.monotonic() < deadline:
             if self._create():
                 self._start_heartbeat()
                 return self
@@ -140,8 +165,7 @@ class RunLock:
                     f"{self.run_dir} is in use by another mgen fit ({describe(holder, age)}): wait for it to finish, "
                     f"or use another --out. If that job is gone, its lock is taken over once the heartbeat is older "
                     f"than {2 * self.interval:g} s, or remove {self.path}")
-            print(f"[mgen fit] taking over the run lock of {describe(holder, age)}: {reason}", flush=True)
-            self._take_over(holder)
+            self._take_over(holder, f"[mgen fit] taking over the run lock of {describe(holder, age)}: {reason}")
         raise RunLocked(f"{self.path}: could not take the run lock (it keeps changing hands); try again")
 
     # ---------------------------------------------------------------------------------------- holding

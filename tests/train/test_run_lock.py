@@ -149,3 +149,24 @@ def test_contenders_started_together_exactly_one_wins(tmp_path: Path, stale: boo
     assert all("in use by another mgen fit" in msg for kind, msg in outcomes if kind == "refused")
     assert not (tmp_path / LOCK_NAME).exists()  # released by the winner
     assert os.listdir(tmp_path) == []  # no temporaries left by anyone
+
+
+def test_a_taker_never_moves_a_lock_newer_than_the_one_it_judged(tmp_path: Path, capsys) -> None:
+    """The race behind two winners: contender B judges the stale lock, A takes it over and creates a fresh one, then
+    B's takeover must leave A's lock alone (it moves the lock only while it is the one judged, under the takeover
+    mutex); while another taker holds the mutex, nothing moves."""
+    from mgen.train.run_lock import TAKEOVER_NAME
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_NAME).write_text(json.dumps({"host": "a", "pid": 1, "token": "fresh"}))
+    late = RunLock(run)
+    late._take_over({"host": "gone", "pid": 1, "token": "dead"}, "took over")
+    assert _holder(run)["token"] == "fresh" and "took over" not in capsys.readouterr().out
+    assert not (run / TAKEOVER_NAME).exists()
+    (run / TAKEOVER_NAME).mkdir()  # another taker is at work
+    late._take_over({"host": "a", "pid": 1, "token": "fresh"}, "took over")
+    assert _holder(run)["token"] == "fresh"
+    (run / TAKEOVER_NAME).rmdir()
+    late._take_over({"host": "a", "pid": 1, "token": "fresh"}, "took over")  # the judged lock itself: moved
+    assert not (run / LOCK_NAME).exists() and "took over" in capsys.readouterr().out
