@@ -30,7 +30,7 @@ from mgen.train.checkpoints import CHECKPOINT_DIR, AtomicCheckpointIO, resume_ch
 from mgen.train.exact_resume import ExactResume
 from mgen.train.loggers import ResumableCSVLogger, finish_loggers, make_loggers
 from mgen.train.preemption import SlurmPreempted, SlurmPreemption, requeue_job
-from mgen.train.recipe import Recipe, apply_overrides, parse_recipe, read_yaml
+from mgen.train.recipe import Recipe, load_recipe
 from mgen.train.run_lock import RunLock
 
 # recipe `task:` -> module with build(recipe, run_dir) -> (module, datamodule, callbacks),
@@ -64,11 +64,7 @@ def fit(recipe: dict[str, Any] | str | Path, run_dir: str | Path, data: str | No
 def _fit(recipe: dict[str, Any] | str | Path, run_dir: str | Path, data: str | None,
          overrides: list[str] | None, devices: int | str, num_nodes: int, accelerator: str, wandb: bool,
          resume: bool, preemption: SlurmPreemption | None) -> dict[str, Any]:
-    source = None if isinstance(recipe, dict) else str(recipe)
-    raw = apply_overrides(recipe if isinstance(recipe, dict) else read_yaml(recipe), overrides or [], source)
-    if data is not None:
-        raw["data"] = {**(raw.get("data") if isinstance(raw.get("data"), dict) else {}), "shards": str(data)}
-    typed = parse_recipe(raw, source)  # every check of the recipe, before anything is built
+    typed, raw = load_recipe(recipe, overrides, data)  # every check of the recipe, before anything is built
     if not typed.data.shards:
         raise ValueError("no training data: pass --data SHARDS_DIR or set data.shards in the recipe")
     run_dir = Path(run_dir)

@@ -315,11 +315,15 @@ def parse_recipe(raw: dict[str, Any], source: str | None = None) -> Recipe:
     return recipe
 
 
-def load_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | None = None) -> tuple[Recipe, dict]:
-    """(typed recipe, raw mapping with the overrides applied) of a recipe file or mapping."""
+def load_recipe(recipe: str | Path | dict[str, Any], overrides: list[str] | None = None,
+                data: str | Path | None = None) -> tuple[Recipe, dict]:
+    """(typed recipe, raw mapping with the overrides applied) of a recipe file or mapping; `data` (`mgen fit --data`)
+    replaces `data.shards` (set directly, not read as YAML: a path may contain `: `)."""
     source = None if isinstance(recipe, dict) else str(recipe)
     raw = recipe if isinstance(recipe, dict) else read_yaml(recipe)
     raw = apply_overrides(raw, overrides or [], source)
+    if data is not None:
+        raw["data"] = {**(raw.get("data") if isinstance(raw.get("data"), dict) else {}), "shards": str(data)}
     return parse_recipe(raw, source), raw
 
 
